@@ -1,0 +1,27 @@
+"""Imports TensorFlow with Keras 2 as `tf.keras`.
+
+TensorFlow Recommenders, TensorFlow Transform and TFMA are Keras 2 code, so the ranker is
+written against `tf_keras`. `TF_USE_LEGACY_KERAS=1` must be set before TensorFlow is first
+imported; this module sets it and fails loudly if TensorFlow was imported before without it.
+Keras 3 (`import keras`) stays importable beside it for keras-hub's frozen encoders.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+if not tf.keras.__name__.startswith("tf_keras"):
+    raise ImportError(
+        "em3_tf needs tf.keras to be Keras 2 (tf_keras), but TensorFlow was imported with "
+        f"{tf.keras.__name__}. Set TF_USE_LEGACY_KERAS=1 before importing tensorflow, "
+        "or import em3_tf first."
+    )
+
+import tensorflow_recommenders as tfrs  # noqa: E402
+
+keras = tf.keras
+
+__all__ = ["tf", "tfrs", "keras"]

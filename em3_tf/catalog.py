@@ -1,0 +1,118 @@
+"""The item catalog: content token features of every item, looked up by item id.
+
+Content lives here, once per item, not in every training example. An item that never had an
+interaction still has a catalog row, so the ranker can score it from its content: that is
+EM3's answer to item cold start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class ItemCatalog:
+    """Token features of every catalog item, per modality.
+
+    Attributes:
+      item_ids: int64 `[N]`, unique item identifiers.
+      tokens: `{modality: float [N, T_m, D_m]}` token features from frozen encoders.
+      masks: `{modality: bool [N, T_m]}`; an all-false row means the modality is missing.
+      metadata: optional per-item arrays (`[N, ...]`), e.g. a genre label for plots.
+    """
+
+    item_ids: np.ndarray
+    tokens: Dict[str, np.ndarray]
+    masks: Dict[str, np.ndarray]
+    metadata: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.item_ids = np.asarray(self.item_ids, dtype=np.int64)
+        if self.item_ids.ndim != 1:
+            raise ValueError(f"`item_ids` must be 1-D, got shape {self.item_ids.shape}.")
+        if len(np.unique(self.item_ids)) != len(self.item_ids):
+            raise ValueError("`item_ids` must be unique.")
+        if not self.tokens:
+            raise ValueError("An ItemCatalog needs at least one modality.")
+        if set(self.tokens) != set(self.masks):
+            raise ValueError(f"`tokens` modalities {sorted(self.tokens)} differ from `masks` "
+                             f"modalities {sorted(self.masks)}.")
+        n = len(self.item_ids)
+        for name in self.tokens:
+            tokens, mask = np.asarray(self.tokens[name]), np.asarray(self.masks[name], bool)
+            if tokens.ndim != 3 or tokens.shape[0] != n:
+                raise ValueError(f"Modality '{name}' tokens must be [{n}, tokens, dim], got "
+                                 f"{tokens.shape}.")
+            if mask.shape != tokens.shape[:2]:
+                raise ValueError(f"Modality '{name}' mask must be {tokens.shape[:2]}, got "
+                                 f"{mask.shape}.")
+            self.tokens[name], self.masks[name] = tokens, mask
+
+    def __len__(self):
+        return len(self.item_ids)
+
+    @property
+    def modality_dims(self) -> Dict[str, int]:
+        return {name: int(t.shape[-1]) for name, t in self.tokens.items()}
+
+    def pooled(self) -> np.ndarray:
+        """Masked mean of each modality's tokens, concatenated: `[N, sum D_m]` float32.
+
+        This is the "pre-extracted content" vector of the frozen-content baseline.
+        """
+        parts = []
+        for name, tokens in self.tokens.items():
+            mask = self.masks[name][..., None].astype(np.float32)
+            total = (tokens.astype(np.float32) * mask).sum(axis=1)
+            parts.append(total / np.maximum(mask.sum(axis=1), 1.0))
+        return np.concatenate(parts, axis=1)
+
+    def save(self, path: str) -> None:
+        """Writes `path` (a directory): `catalog.npz` and `catalog.json`, atomically."""
+        os.makedirs(path, exist_ok=True)
+        arrays = {"item_ids": self.item_ids}
+        for name in self.tokens:
+            arrays[f"tokens/{name}"] = self.tokens[name]
+            arrays[f"masks/{name}"] = self.masks[name]
+        for name, value in self.metadata.items():
+            arrays[f"metadata/{name}"] = np.asarray(value)
+        tmp = os.path.join(path, "catalog.npz.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, os.path.join(path, "catalog.npz"))
+        with open(os.path.join(path, "catalog.json"), "w") as f:
+            json.dump({"num_items": len(self), "modality_dims": self.modality_dims,
+                       "tokens_per_modality": {n: int(t.shape[1])
+                                               for n, t in self.tokens.items()},
+                       "metadata": sorted(self.metadata)}, f, indent=2)
+
+    @classmethod
+    def load(cls, path: str) -> "ItemCatalog":
+        file = os.path.join(path, "catalog.npz") if os.path.isdir(path) else path
+        if not os.path.exists(file):
+            raise FileNotFoundError(f"No item catalog at {file}.")
+        with np.load(file, allow_pickle=False) as data:
+            groups: Dict[str, Dict[str, np.ndarray]] = {"tokens": {}, "masks": {}, "metadata": {}}
+            for key in data.files:
+                if "/" in key:
+                    group, name = key.split("/", 1)
+                    groups[group][name] = data[key]
+            return cls(data["item_ids"], groups["tokens"], groups["masks"], groups["metadata"])
+
+    def subset(self, item_ids: np.ndarray) -> "ItemCatalog":
+        """The catalog restricted to `item_ids` (in that order); unknown ids raise."""
+        index = {int(i): k for k, i in enumerate(self.item_ids)}
+        missing = [int(i) for i in item_ids if int(i) not in index]
+        if missing:
+            raise KeyError(f"Item ids not in catalog: {missing[:10]}")
+        rows = np.array([index[int(i)] for i in item_ids], dtype=np.int64)
+        return ItemCatalog(self.item_ids[rows],
+                           {n: t[rows] for n, t in self.tokens.items()},
+                           {n: m[rows] for n, m in self.masks.items()},
+                           {n: v[rows] for n, v in self.metadata.items()})
+

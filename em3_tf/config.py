@@ -1,0 +1,166 @@
+"""One configuration object for every EM3 ranker variant.
+
+`EM3Config` is a plain, JSON-serialisable dataclass. The benchmark variants are presets:
+
+| preset           | item content encoder    | history content       | CIC | ID sequence |
+|------------------|-------------------------|-----------------------|-----|-------------|
+| `id_dcn`         | none                    | none                  | no  | no          |
+| `id_din`         | none                    | none                  | no  | yes         |
+| `frozen_content` | frozen pooled features  | frozen pooled features| no  | yes         |
+| `em3`            | Fusion-Q-Former         | Q-Former + LoRA       | yes | yes         |
+| `em3_no_qformer` | concat + MLP            | concat + MLP, frozen  | yes | yes         |
+| `em3_no_lora`    | Fusion-Q-Former         | Q-Former, fully trained| yes| yes         |
+| `em3_no_cic`     | Fusion-Q-Former         | Q-Former + LoRA       | no  | yes         |
+| `em3_cached`     | Fusion-Q-Former         | frozen cache          | yes | yes         |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Tuple
+
+CONTENT_ENCODERS = ("none", "qformer", "concat_mlp", "frozen")
+HISTORY_MODES = ("none", "lora", "full", "cache")
+ATTENTION_MODES = ("joint", "cross")
+
+
+@dataclasses.dataclass(frozen=True)
+class EM3Config:
+    """Hyper-parameters and switches of `EM3Ranker`.
+
+    Attributes:
+      content_encoder: how an item's content tokens become one embedding: `"qformer"` (the
+        Fusion-Q-Former, trained end to end), `"concat_mlp"` (masked mean per modality,
+        concatenated, MLP; the "without Q-Former" ablation), `"frozen"` (masked mean per
+        modality, concatenated, no trainable extractor: pre-extracted content), `"none"`.
+      history_content: how history items' content embeddings are made: `"lora"` (the same
+        content encoder, base weights stop-gradient, only LoRA adapters train), `"full"`
+        (same encoder, fully trained), `"cache"` (a non-trainable table of the encoder's
+        embeddings for every catalog item, refreshed by `RefreshContentCache`), `"none"`.
+      use_id_sequence: DIN-style target attention over history item ID embeddings.
+      cic_weight: weight of the Content-ID-Contrastive loss; 0 disables it.
+      cic_temperature: InfoNCE temperature.
+      cic_num_negatives: extra uniformly sampled catalog negatives per batch (0: in-batch only).
+      num_queries, num_layers, width, num_heads, attention, ffn_multiplier: Fusion-Q-Former shape.
+      modality_dropout: per-example probability of dropping each modality in training.
+      content_dim: size of the item content embedding.
+      lora_rank, lora_alpha: LoRA adapter rank and scale numerator (scale = alpha / rank).
+      id_embedding_dim: size of user/item/context ID embeddings.
+      num_oov_buckets: out-of-vocabulary buckets of each ID lookup.
+      max_history_len: history length the model reads (longer inputs are cut, most recent kept).
+      dedupe_history: encode each distinct history item once per batch.
+      num_cross_layers: `tfrs.layers.dcn.Cross` layers.
+      mlp_units: hidden sizes of the MLP after the cross layers.
+      dropout: dropout rate in the MLP.
+      learning_rate: Adam learning rate.
+      context_features: names of extra categorical features with ID embeddings.
+    """
+
+    content_encoder: str = "qformer"
+    history_content: str = "lora"
+    use_id_sequence: bool = True
+    cic_weight: float = 0.1
+    cic_temperature: float = 0.1
+    cic_num_negatives: int = 0
+    num_queries: int = 2
+    num_layers: int = 1
+    width: int = 64
+    num_heads: int = 4
+    attention: str = "joint"
+    ffn_multiplier: int = 2
+    modality_dropout: float = 0.1
+    content_dim: int = 32
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    id_embedding_dim: int = 32
+    num_oov_buckets: int = 1
+    max_history_len: int = 50
+    dedupe_history: bool = True
+    num_cross_layers: int = 2
+    mlp_units: Tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    learning_rate: float = 1e-3
+    context_features: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        _one_of("content_encoder", self.content_encoder, CONTENT_ENCODERS)
+        _one_of("history_content", self.history_content, HISTORY_MODES)
+        _one_of("attention", self.attention, ATTENTION_MODES)
+        for name in ("num_queries", "num_layers", "width", "num_heads", "content_dim",
+                     "lora_rank", "id_embedding_dim", "num_oov_buckets", "max_history_len"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)!r}.")
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"`width` ({self.width}) must be divisible by `num_heads` ({self.num_heads}).")
+        for name in ("modality_dropout", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)!r}.")
+        if self.cic_weight < 0 or self.cic_temperature <= 0 or self.cic_num_negatives < 0:
+            raise ValueError("`cic_weight` and `cic_num_negatives` must be >= 0 and "
+                             "`cic_temperature` > 0.")
+        if self.content_encoder == "none" and (
+                self.history_content != "none" or self.cic_weight > 0):
+            raise ValueError("`content_encoder='none'` needs `history_content='none'` and "
+                             "`cic_weight=0`.")
+        if self.content_encoder in ("frozen", "concat_mlp") and self.history_content == "lora":
+            raise ValueError(f"`history_content='lora'` needs the Q-Former; with "
+                             f"`content_encoder='{self.content_encoder}'` use 'full' or 'cache'.")
+        if self.content_encoder == "frozen" and self.cic_weight > 0:
+            raise ValueError("`content_encoder='frozen'` has nothing for CIC to train; set "
+                             "`cic_weight=0`.")
+        object.__setattr__(self, "mlp_units", tuple(int(u) for u in self.mlp_units))
+        object.__setattr__(self, "context_features", tuple(self.context_features))
+
+    @property
+    def uses_content(self) -> bool:
+        return self.content_encoder != "none"
+
+    def replace(self, **changes) -> "EM3Config":
+        return dataclasses.replace(self, **changes)
+
+    def get_config(self) -> Dict[str, Any]:
+        config = dataclasses.asdict(self)
+        config["mlp_units"] = list(self.mlp_units)
+        config["context_features"] = list(self.context_features)
+        return config
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "EM3Config":
+        unknown = set(config) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown EM3Config fields: {sorted(unknown)}.")
+        return cls(**config)
+
+    def to_json(self) -> str:
+        return json.dumps(self.get_config(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EM3Config":
+        return cls.from_config(json.loads(text))
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "EM3Config":
+        """The config of a named variant (see the module docstring), with `overrides`."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "em3": {},
+    "id_dcn": dict(content_encoder="none", history_content="none", cic_weight=0.0,
+                   use_id_sequence=False),
+    "id_din": dict(content_encoder="none", history_content="none", cic_weight=0.0),
+    "frozen_content": dict(content_encoder="frozen", history_content="cache", cic_weight=0.0),
+    "em3_no_qformer": dict(content_encoder="concat_mlp", history_content="full"),
+    "em3_no_lora": dict(history_content="full"),
+    "em3_no_cic": dict(cic_weight=0.0),
+    "em3_cached": dict(history_content="cache"),
+}
+
+
+def _one_of(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")

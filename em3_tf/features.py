@@ -1,0 +1,106 @@
+"""Feature names, the tf.Example spec and input checks shared by training, export and serving.
+
+Raw features of one example (one user, one candidate item):
+
+| feature            | dtype | shape      | meaning                                                  |
+|--------------------|-------|------------|----------------------------------------------------------|
+| `user_id`          | int64 | `[]`       | user identifier                                          |
+| `item_id`          | int64 | `[]`       | candidate item identifier (>= 0), key into the catalog   |
+| `history_item_ids` | int64 | `[<= L]`   | the user's earlier items, most recent first (>= 0)       |
+| context features   | int64 | `[]`       | extra categorical features named in `EM3Config`          |
+| `label`            | int64 | `[]`       | 1 = click (positive), 0 = not; absent at serving         |
+
+In batched tensors the history is dense `[B, L]`, padded with `PAD_ID` (-1).
+"""
+
+from typing import Dict, Iterable
+
+from em3_tf._tf import tf
+
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+HISTORY = "history_item_ids"
+LABEL = "label"
+PAD_ID = -1
+
+
+class FeatureError(ValueError):
+    """Raised for a missing, mistyped or mis-shaped input feature; the message names it."""
+
+
+def scalar_features(context_features: Iterable[str] = ()):
+    return (USER_ID, ITEM_ID) + tuple(context_features)
+
+
+def example_spec(context_features: Iterable[str] = (), with_label: bool = True):
+    """The `tf.io.parse_example` spec of the raw features."""
+    spec = {name: tf.io.FixedLenFeature([], tf.int64)
+            for name in scalar_features(context_features)}
+    spec[HISTORY] = tf.io.RaggedFeature(tf.int64)
+    if with_label:
+        spec[LABEL] = tf.io.FixedLenFeature([], tf.int64)
+    return spec
+
+
+def parse_examples(serialized, context_features=(), max_history_len=None, with_label=False):
+    """Parses serialized tf.Examples (`string [B]`) into a dict of dense batched tensors."""
+    try:
+        parsed = tf.io.parse_example(serialized, example_spec(context_features, with_label))
+    except tf.errors.InvalidArgumentError as error:
+        raise FeatureError(f"Could not parse tf.Example input: {error.message}") from None
+    parsed[HISTORY] = pad_history(parsed[HISTORY], max_history_len)
+    return parsed
+
+
+def pad_history(history, max_history_len=None):
+    """Ragged or dense `[B, <=L]` history -> dense int64 `[B, max_history_len]`, `PAD_ID` padded.
+
+    The first `max_history_len` entries (the most recent) are kept.
+    """
+    if isinstance(history, tf.RaggedTensor):
+        history = history.to_tensor(default_value=PAD_ID)
+    history = tf.cast(history, tf.int64)
+    if max_history_len is None:
+        return history
+    history = history[:, :max_history_len]
+    missing = max_history_len - tf.shape(history)[1]
+    history = tf.pad(history, [[0, 0], [0, missing]], constant_values=PAD_ID)
+    return tf.ensure_shape(history, [None, max_history_len])
+
+
+def check_features(features: Dict, context_features=(), with_label=False, max_history_len=None):
+    """Checks presence, dtype and rank of every raw feature; returns canonical tensors.
+
+    Scalars may come as `[B]` or `[B, 1]`; the history as dense `[B, L]` or ragged. Returns a
+    dict with scalars `[B]` int64 and the history dense `[B, max_history_len]`.
+
+    Raises:
+      FeatureError: naming the offending feature.
+    """
+    if not isinstance(features, dict):
+        raise FeatureError(f"Model inputs must be a dict of features, got {type(features)}.")
+    required = scalar_features(context_features) + (HISTORY,) + ((LABEL,) if with_label else ())
+    missing = [name for name in required if name not in features]
+    if missing:
+        raise FeatureError(f"Missing input feature(s) {missing}; expected {list(required)}.")
+    out = {}
+    for name in required:
+        value = features[name]
+        if not isinstance(value, (tf.Tensor, tf.RaggedTensor, tf.Variable)):
+            value = tf.convert_to_tensor(value)
+        if not (value.dtype.is_integer or (name == LABEL and value.dtype.is_floating)):
+            raise FeatureError(f"Feature '{name}' must be an integer tensor, got {value.dtype.name}.")
+        rank = value.shape.rank
+        if name == HISTORY:
+            if rank != 2:
+                raise FeatureError(f"Feature '{name}' must have rank 2 [batch, length], got "
+                                   f"shape {value.shape}.")
+            out[name] = pad_history(value, max_history_len)
+            continue
+        if rank == 2 and value.shape[1] == 1:
+            value = value[:, 0]
+        elif rank != 1:
+            raise FeatureError(f"Feature '{name}' must have shape [batch] or [batch, 1], got "
+                               f"{value.shape}.")
+        out[name] = value if name == LABEL else tf.cast(value, tf.int64)
+    return out

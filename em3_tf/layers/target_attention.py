@@ -1,0 +1,52 @@
+"""DIN-style target attention: pools a user's history against the target item."""
+
+from em3_tf._tf import keras, tf
+
+
+class TargetAttention(keras.layers.Layer):
+    """Pools history embeddings with weights computed against a target embedding.
+
+    As in DIN, a small MLP scores each history item from `[t, h, t - h, t * h]`; the scores
+    are soft-maxed over the valid (masked-in) positions and used to average the history. A
+    user with no valid history gets a zero vector.
+
+    Args:
+      hidden_units: sizes of the scoring MLP's hidden layers.
+
+    Call arguments:
+      target: `[B, D]`.
+      history: `[B, L, D]`.
+      mask: bool `[B, L]`, true for real history items.
+
+    Returns:
+      `[B, D]`.
+
+    Example:
+    >>> pooled = TargetAttention()(tf.ones([2, 8]), tf.ones([2, 5, 8]), tf.ones([2, 5], tf.bool))
+    """
+
+    def __init__(self, hidden_units=(32,), **kwargs):
+        super().__init__(**kwargs)
+        if not hidden_units or any(int(u) < 1 for u in hidden_units):
+            raise ValueError(f"`hidden_units` must be positive sizes, got {hidden_units!r}.")
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.scorer = keras.Sequential(
+            [keras.layers.Dense(u, activation="relu") for u in self.hidden_units]
+            + [keras.layers.Dense(1)])
+
+    def call(self, target, history, mask):
+        if target.shape.rank != 2 or history.shape.rank != 3 or mask.shape.rank != 2:
+            raise ValueError(f"TargetAttention expects target [B, D], history [B, L, D], mask "
+                             f"[B, L]; got {target.shape}, {history.shape}, {mask.shape}.")
+        length = tf.shape(history)[1]
+        tiled = tf.tile(target[:, None, :], [1, length, 1])
+        scores = self.scorer(
+            tf.concat([tiled, history, tiled - history, tiled * history], axis=-1))[..., 0]
+        scores = tf.where(mask, scores, scores.dtype.min)
+        weights = tf.nn.softmax(scores, axis=-1) * tf.cast(mask, scores.dtype)
+        return tf.einsum("bl,bld->bd", weights, history)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_units=list(self.hidden_units))
+        return config

@@ -1,0 +1,211 @@
+"""The EM3 ranking model: a `tfrs.Model` with a `tfrs.tasks.Ranking` task."""
+
+from typing import Dict, Optional
+
+import numpy as np
+
+from em3_tf import features as F
+from em3_tf._tf import keras, tf, tfrs
+from em3_tf.catalog import ItemCatalog
+from em3_tf.config import EM3Config
+from em3_tf.layers.content_encoder import ItemContentEncoder
+from em3_tf.layers.target_attention import TargetAttention
+from em3_tf.tasks.cic import ContentIdContrastive
+
+
+class _IdEmbedding(keras.layers.Layer):
+    """`IntegerLookup` with OOV buckets followed by an `Embedding`: raw id -> vector."""
+
+    def __init__(self, vocabulary, dim, num_oov_buckets, **kwargs):
+        super().__init__(**kwargs)
+        self.lookup = keras.layers.IntegerLookup(
+            vocabulary=np.asarray(vocabulary, np.int64), num_oov_indices=num_oov_buckets,
+            mask_token=None)
+        self.embedding = keras.layers.Embedding(len(vocabulary) + num_oov_buckets, dim)
+
+    def call(self, ids):
+        return self.embedding(self.lookup(ids))
+
+
+class EM3Ranker(tfrs.Model):
+    """EM3: End-to-end training of Multimodal Model and ranking Model.
+
+    The tower concatenates, for one (user, candidate item) example:
+      - user, item and context ID embeddings (unseen ids share OOV buckets);
+      - DIN target attention of the history's item ID embeddings against the item's
+        (`use_id_sequence`);
+      - the candidate's content embedding from the item catalog (`content_encoder`), trained
+        end to end with the ranking loss;
+      - the user's content interest: target attention of the history's content embeddings
+        against the candidate's (`history_content`: LoRA branch, full, or frozen cache);
+    and feeds them to `tfrs.layers.dcn.Cross` layers and an MLP giving one click logit.
+    The loss is binary cross-entropy (`tfrs.tasks.Ranking`, with AUC and log-loss metrics)
+    plus `cic_weight` times the Content-ID-Contrastive loss.
+
+    Args:
+      config: `EM3Config`.
+      vocabularies: `{feature: 1-D int array}` of known ids for `user_id`, `item_id` and each
+        context feature (usually the ids seen in training).
+      catalog: `ItemCatalog`; required when `config.content_encoder != "none"`.
+
+    Inputs: a dict of raw features (see `em3_tf.features`): `user_id [B]`, `item_id [B]`,
+    `history_item_ids [B, L]` (`-1` padded, most recent first), context features `[B]`, and
+    `label [B]` for training. `call` returns click probabilities `[B]`.
+
+    Example:
+    >>> model = EM3Ranker(EM3Config.preset("em3"), vocabularies, catalog)
+    >>> model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
+    >>> model.fit(train_ds, validation_data=eval_ds, epochs=3)
+    """
+
+    def __init__(self, config: EM3Config, vocabularies: Dict[str, np.ndarray],
+                 catalog: Optional[ItemCatalog] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        needed = F.scalar_features(config.context_features)
+        missing = [n for n in needed if n not in vocabularies or len(vocabularies[n]) == 0]
+        if missing:
+            raise ValueError(f"`vocabularies` lacks a non-empty vocabulary for {missing}.")
+        if config.uses_content and catalog is None:
+            raise ValueError(f"`content_encoder='{config.content_encoder}'` needs a `catalog`.")
+        dim, oov = config.id_embedding_dim, config.num_oov_buckets
+        self.id_embeddings = {name: _IdEmbedding(vocabularies[name], dim, oov, name=f"{name}_emb")
+                              for name in needed}
+        self.item_vocabulary = tf.constant(np.asarray(vocabularies[F.ITEM_ID], np.int64))
+        if config.use_id_sequence:
+            self.id_attention = TargetAttention(name="id_sequence_attention")
+        self.content = None
+        if config.uses_content:
+            self.content = ItemContentEncoder(
+                catalog, kind=config.content_encoder, output_dim=config.content_dim,
+                qformer_kwargs=dict(
+                    num_queries=config.num_queries, num_layers=config.num_layers,
+                    width=config.width, num_heads=config.num_heads, attention=config.attention,
+                    ffn_multiplier=config.ffn_multiplier,
+                    modality_dropout=config.modality_dropout, lora_rank=config.lora_rank,
+                    lora_alpha=config.lora_alpha),
+                name="item_content")
+            if config.history_content != "none":
+                self.content_attention = TargetAttention(name="content_interest_attention")
+            if config.history_content == "cache":
+                self.content_cache = tf.Variable(
+                    tf.zeros([self.content.num_rows, config.content_dim]), trainable=False,
+                    name="content_cache")
+            if config.cic_weight > 0:
+                self.cic = ContentIdContrastive(config.content_dim, config.cic_temperature,
+                                                name="cic")
+                self.cic_loss_tracker = keras.metrics.Mean(name="cic_loss")
+        self.cross_layers = [tfrs.layers.dcn.Cross(name=f"cross_{i}")
+                             for i in range(config.num_cross_layers)]
+        self.mlp = keras.Sequential(
+            [layer for units in config.mlp_units
+             for layer in (keras.layers.Dense(units, activation="relu"),
+                           keras.layers.Dropout(config.dropout))], name="mlp")
+        self.logit = keras.layers.Dense(1, name="logit")
+        self.task = tfrs.tasks.Ranking(
+            loss=keras.losses.BinaryCrossentropy(from_logits=True,
+                                                 reduction=keras.losses.Reduction.SUM),
+            metrics=[keras.metrics.AUC(name="auc", from_logits=True),
+                     keras.metrics.BinaryCrossentropy(name="logloss", from_logits=True)])
+
+    # Forward pass -------------------------------------------------------------------------
+
+    def _inputs(self, features, with_label=False):
+        return F.check_features(features, self.config.context_features, with_label,
+                                self.config.max_history_len)
+
+    def _history_content(self, history, training):
+        """Content embeddings `[B, L, content_dim]` of the history items."""
+        rows = self.content.rows_of(history)
+        if self.config.history_content == "cache":
+            return tf.gather(self.content_cache, rows)
+        flat = tf.reshape(rows, [-1])
+        adapter = self.config.history_content == "lora"
+        if self.config.dedupe_history:
+            unique, index = tf.unique(flat)
+            embeddings = tf.gather(self.content(unique, training=training, adapter=adapter), index)
+        else:
+            embeddings = self.content(flat, training=training, adapter=adapter)
+        return tf.reshape(embeddings, tf.concat([tf.shape(rows), [self.config.content_dim]], 0))
+
+    def _forward(self, inputs, training):
+        """Returns `(logits [B], parts)`, parts holding what the CIC loss needs."""
+        history = inputs[F.HISTORY]
+        mask = tf.not_equal(history, F.PAD_ID)
+        embedded = {name: layer(inputs[name]) for name, layer in self.id_embeddings.items()}
+        tower = list(embedded.values())
+        item_emb = embedded[F.ITEM_ID]
+        if self.config.use_id_sequence:
+            history_ids = self.id_embeddings[F.ITEM_ID](history)
+            tower.append(self.id_attention(item_emb, history_ids, mask))
+        content = None
+        if self.content is not None:
+            content = self.content(self.content.rows_of(inputs[F.ITEM_ID]), training=training)
+            tower.append(content)
+            if self.config.history_content != "none":
+                history_content = self._history_content(history, training)
+                tower.append(self.content_attention(content, history_content, mask))
+        x0 = tf.concat(tower, axis=-1)
+        x = x0
+        for cross in self.cross_layers:
+            x = cross(x0, x)
+        logits = self.logit(self.mlp(x, training=training))[:, 0]
+        return logits, {"content": content, "item_embedding": item_emb}
+
+    def call(self, features, training=False):
+        logits, _ = self._forward(self._inputs(features), training)
+        return tf.sigmoid(logits)
+
+    # Training -----------------------------------------------------------------------------
+
+    def compute_loss(self, features, training=False):
+        inputs = self._inputs(features, with_label=True)
+        logits, parts = self._forward(inputs, training)
+        labels = tf.cast(inputs[F.LABEL], tf.float32)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        global_batch = tf.cast(tf.shape(labels)[0] * replicas, tf.float32)
+        loss = self.task(labels[:, None], logits[:, None], training=training) / global_batch
+        if self.config.cic_weight > 0:
+            cic_loss = self._cic_loss(inputs[F.ITEM_ID], parts, training, global_batch)
+            self.cic_loss_tracker.update_state(cic_loss)
+            loss += self.config.cic_weight * cic_loss
+        return loss
+
+    def _cic_loss(self, item_ids, parts, training, global_batch):
+        negatives = {}
+        k = self.config.cic_num_negatives
+        if k > 0:
+            pick = tf.random.uniform([k], 0, tf.shape(self.item_vocabulary)[0], tf.int32)
+            negative_ids = tf.gather(self.item_vocabulary, pick)
+            negatives = dict(
+                negative_item_ids=negative_ids,
+                negative_content=self.content(self.content.rows_of(negative_ids),
+                                              training=training),
+                negative_ids=self.id_embeddings[F.ITEM_ID](negative_ids))
+        return self.cic(parts["content"], parts["item_embedding"], item_ids,
+                        global_batch_size=global_batch, **negatives)
+
+    # Content cache ------------------------------------------------------------------------
+
+    def refresh_content_cache(self, batch_size=1024):
+        """Re-encodes every catalog item into the frozen history cache (`history_content='cache'`)."""
+        if self.config.history_content != "cache":
+            raise ValueError("refresh_content_cache needs `history_content='cache'`.")
+        self.content_cache.assign(self.content.encode_all(batch_size))
+
+    def get_config(self):
+        return {"config": self.config.get_config()}
+
+
+class RefreshContentCache(keras.callbacks.Callback):
+    """Refreshes `EM3Ranker`'s frozen history content cache at each epoch start and at the end."""
+
+    def _refresh(self):
+        if self.model.config.history_content == "cache":
+            self.model.refresh_content_cache()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._refresh()
+
+    def on_train_end(self, logs=None):
+        self._refresh()
