@@ -104,3 +104,28 @@ def check_features(features: Dict, context_features=(), with_label=False, max_hi
                                f"{value.shape}.")
         out[name] = value if name == LABEL else tf.cast(value, tf.int64)
     return out
+
+
+def to_examples(features: Dict, context_features=()) -> list:
+    """Serialized tf.Examples (bytes) from a dict of per-example arrays.
+
+    `history_item_ids` rows may be `PAD_ID` padded; padding is dropped. `label` is written if
+    present. This is what the serving signature and the gRPC client send.
+    """
+    import numpy as np
+
+    names = [n for n in scalar_features(context_features) + (LABEL,) if n in features]
+    missing = [n for n in scalar_features(context_features) + (HISTORY,) if n not in features]
+    if missing:
+        raise FeatureError(f"Missing feature(s) {missing} to build tf.Examples.")
+    count = len(features[ITEM_ID])
+    out = []
+    for row in range(count):
+        feature = {n: tf.train.Feature(int64_list=tf.train.Int64List(
+            value=[int(np.asarray(features[n][row]).reshape(-1)[0])])) for n in names}
+        history = np.asarray(features[HISTORY][row]).reshape(-1)
+        feature[HISTORY] = tf.train.Feature(int64_list=tf.train.Int64List(
+            value=[int(v) for v in history if v != PAD_ID]))
+        out.append(tf.train.Example(features=tf.train.Features(feature=feature))
+                   .SerializeToString())
+    return out

@@ -1,0 +1,55 @@
+"""`RankingData`: split feature arrays plus the item catalog, as tf.data pipelines."""
+
+import dataclasses
+from typing import Dict, Tuple
+
+import numpy as np
+
+from em3_tf import features as F
+from em3_tf._tf import tf
+from em3_tf.catalog import ItemCatalog
+from em3_tf.data.splits import IS_COLD
+
+
+@dataclasses.dataclass
+class RankingData:
+    """Examples of one data source, split, with the item catalog they refer to.
+
+    Attributes:
+      name: data source name (e.g. "synthetic", "ml-100k").
+      splits: `{"train"|"eval"|"test": {feature: array}}` (see `em3_tf.features`), with
+        `is_cold_item` and `timestamp` beside the model features.
+      catalog: the `ItemCatalog` of every item, including items with no interactions.
+      context_features: names of the extra categorical features.
+      protocol: the split protocol ("temporal" or "item_cold").
+    """
+
+    name: str
+    splits: Dict[str, Dict[str, np.ndarray]]
+    catalog: ItemCatalog
+    context_features: Tuple[str, ...] = ()
+    protocol: str = "temporal"
+
+    def vocabularies(self) -> Dict[str, np.ndarray]:
+        """Known ids per ID feature: the values seen in the training split."""
+        train = self.splits["train"]
+        return {name: np.unique(train[name])
+                for name in F.scalar_features(self.context_features)}
+
+    def model_features(self, split: str) -> Dict[str, np.ndarray]:
+        names = F.scalar_features(self.context_features) + (F.HISTORY, F.LABEL)
+        return {name: self.splits[split][name] for name in names}
+
+    def dataset(self, split: str, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
+                with_label: bool = True) -> tf.data.Dataset:
+        """A batched `tf.data.Dataset` of feature dicts for `model.fit` / `model.predict`."""
+        features = self.model_features(split)
+        if not with_label:
+            features.pop(F.LABEL)
+        ds = tf.data.Dataset.from_tensor_slices(features)
+        if shuffle:
+            ds = ds.shuffle(len(features[F.ITEM_ID]), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def cold_mask(self, split: str) -> np.ndarray:
+        return self.splits[split][IS_COLD]

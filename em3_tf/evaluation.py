@@ -1,0 +1,41 @@
+"""Offline ranking metrics: AUC, GAUC (per-user AUC averaged over users) and log-loss."""
+
+from typing import Dict, Optional
+
+import numpy as np
+from sklearn.metrics import log_loss, roc_auc_score
+
+
+def auc(labels, scores) -> float:
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def gauc(labels, scores, users) -> float:
+    """Per-user AUC averaged over users with both classes, weighted by their example count."""
+    labels, scores, users = map(np.asarray, (labels, scores, users))
+    total, weight = 0.0, 0
+    order = np.argsort(users, kind="stable")
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    for rows in np.split(order, bounds):
+        if 0 < labels[rows].sum() < len(rows):
+            total += len(rows) * roc_auc_score(labels[rows], scores[rows])
+            weight += len(rows)
+    return total / weight if weight else float("nan")
+
+
+def ranking_report(labels, scores, users, cold: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """AUC, GAUC and log-loss overall, and AUC / log-loss on cold and warm items."""
+    labels, scores = np.asarray(labels), np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
+    report = {"examples": int(len(labels)), "auc": auc(labels, scores),
+              "gauc": gauc(labels, scores, users), "logloss": float(log_loss(labels, scores,
+                                                                         labels=[0, 1]))}
+    if cold is not None:
+        for name, rows in (("cold", np.asarray(cold, bool)), ("warm", ~np.asarray(cold, bool))):
+            report[f"{name}_examples"] = int(rows.sum())
+            report[f"{name}_auc"] = auc(labels[rows], scores[rows]) if rows.any() else float("nan")
+            report[f"{name}_logloss"] = (float(log_loss(labels[rows], scores[rows], labels=[0, 1]))
+                                         if rows.any() else float("nan"))
+    return report
