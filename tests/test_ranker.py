@@ -1,0 +1,164 @@
+import numpy as np
+import pytest
+
+from conftest import first_rows
+from em3_tf import features as F
+from em3_tf._tf import tf
+from em3_tf.config import PRESETS, EM3Config
+from em3_tf.export import export_saved_model, load_config
+from em3_tf.training import build_ranker, train_and_evaluate
+
+
+def _model(data, preset="em3", **overrides):
+    tf.keras.utils.set_random_seed(0)
+    config = EM3Config.preset(preset, max_history_len=10, width=16, num_heads=2, **overrides)
+    return build_ranker(config, data)
+
+
+def _grad_names(model, loss_fn):
+    with tf.GradientTape() as tape:
+        loss = loss_fn()
+    grads = tape.gradient(loss, model.trainable_variables)
+    return {v.name for v, g in zip(model.trainable_variables, grads)
+            if g is not None and np.abs(tf.convert_to_tensor(g).numpy()).max() > 0}
+
+
+def _qformer_vars(model):
+    qformer = model.content.qformer
+    lora = {v.name for v in qformer.adapter_variables()}
+    base = {v.name for v in qformer.trainable_variables} - lora
+    return base, lora
+
+
+def test_history_branch_trains_only_lora_and_target_branch_trains_full_module(small_data):
+    model = _model(small_data, "em3")
+    inputs = F.check_features(first_rows(small_data, "train", 32), (), False, 10)
+    model(inputs)
+    for layer in model.content.qformer.submodules:  # make every adapter non-trivial
+        if hasattr(layer, "lora_b"):
+            layer.lora_b.assign(tf.random.normal(layer.lora_b.shape, stddev=0.1))
+    base, lora = _qformer_vars(model)
+    history = _grad_names(model, lambda: tf.reduce_sum(
+        model._history_content(inputs[F.HISTORY], training=True) ** 2))
+    assert history & lora == lora, "every LoRA adapter gets a gradient from the history"
+    assert not history & base, f"base weights got history gradients: {sorted(history & base)}"
+    target = _grad_names(model, lambda: tf.reduce_sum(
+        model.content(model.content.rows_of(inputs[F.ITEM_ID]), training=True) ** 2))
+    assert target & base == base and not target & lora
+
+
+def test_without_lora_the_history_branch_trains_the_base_weights(small_data):
+    model = _model(small_data, "em3_no_lora")
+    inputs = F.check_features(first_rows(small_data, "train", 32), (), False, 10)
+    model(inputs)
+    base, lora = _qformer_vars(model)
+    history = _grad_names(model, lambda: tf.reduce_sum(
+        model._history_content(inputs[F.HISTORY], training=True) ** 2))
+    assert history & base == base and not history & lora
+
+
+def test_dedupe_history_gives_the_same_content(small_data):
+    inputs = F.check_features(first_rows(small_data, "test", 16), (), False, 10)
+    a = _model(small_data, "em3", dedupe_history=True)
+    b = _model(small_data, "em3", dedupe_history=False)
+    a(inputs), b(inputs)
+    b.set_weights(a.get_weights())
+    np.testing.assert_allclose(a._history_content(inputs[F.HISTORY], False).numpy(),
+                               b._history_content(inputs[F.HISTORY], False).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_trains_and_predicts(small_data, preset):
+    model = _model(small_data, preset, cic_num_negatives=4 if preset == "em3" else 0)
+    history = model.fit(small_data.dataset("train", 64).take(3), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    if PRESETS[preset].get("cic_weight", 0.1) > 0:
+        assert "cic_loss" in history.history
+    scores = model.predict(small_data.dataset("test", 64, with_label=False), verbose=0)
+    assert scores.shape == (len(small_data.splits["test"][F.ITEM_ID]),)
+    assert np.all((scores > 0) & (scores < 1))
+
+
+def test_cache_mode_reads_the_refreshed_cache(small_data):
+    model = _model(small_data, "em3_cached")
+    inputs = F.check_features(first_rows(small_data, "test", 8), (), False, 10)
+    model(inputs)
+    assert np.all(model.content_cache.numpy() == 0)
+    model.refresh_content_cache()
+    rows = model.content.rows_of(inputs[F.HISTORY])
+    expected = model.content(tf.reshape(rows, [-1]), training=False).numpy()
+    np.testing.assert_allclose(
+        model._history_content(inputs[F.HISTORY], False).numpy().reshape(expected.shape),
+        expected, atol=1e-5)
+
+
+def test_bad_input_names_the_feature(small_data):
+    model = _model(small_data, "em3")
+    good = first_rows(small_data, "test", 4)
+    model(good)
+    bad = {k: v for k, v in good.items() if k != F.HISTORY}
+    with pytest.raises(F.FeatureError, match="history_item_ids"):
+        model(bad)
+    with pytest.raises(F.FeatureError, match="'item_id' must be an integer"):
+        model(dict(good, item_id=good[F.ITEM_ID].astype(np.float32)))
+    with pytest.raises(F.FeatureError, match="'user_id' must have shape"):
+        model(dict(good, user_id=good[F.USER_ID].reshape(2, 2, 1)))
+    with pytest.raises(F.FeatureError, match="'history_item_ids' must have rank 2"):
+        model(dict(good, history_item_ids=good[F.HISTORY].reshape(-1)))
+    with pytest.raises(F.FeatureError, match="'user_id' must be an integer"):
+        model(dict(good, user_id=np.array(["a", "b", "c", "d"])))
+
+
+def test_config_validation_names_the_argument():
+    with pytest.raises(ValueError, match="content_encoder"):
+        EM3Config(content_encoder="magic")
+    with pytest.raises(ValueError, match="history_content='lora'"):
+        EM3Config(content_encoder="concat_mlp", history_content="lora")
+    with pytest.raises(ValueError, match="preset"):
+        EM3Config.preset("em4")
+    config = EM3Config.preset("em3_no_cic", mlp_units=[8])
+    assert EM3Config.from_json(config.to_json()) == config
+
+
+def test_saved_model_round_trip_gives_identical_scores(small_data, tmp_path):
+    model = _model(small_data, "em3")
+    model.fit(small_data.dataset("train", 64).take(2), epochs=1, verbose=0)
+    rows = first_rows(small_data, "test", 20)
+    expected = model(rows).numpy()
+    path = export_saved_model(model, str(tmp_path / "1"))
+    assert load_config(path) == model.config
+    loaded = tf.saved_model.load(path)
+    served = loaded.signatures["serving_default"](
+        examples=tf.constant(F.to_examples(rows)))["scores"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-6)
+    raw = loaded.signatures["predict_features"](
+        **{k: tf.constant(v) for k, v in rows.items() if k != F.LABEL})["scores"].numpy()
+    np.testing.assert_allclose(raw, expected, atol=1e-6)
+    with pytest.raises(FileExistsError):
+        export_saved_model(model, path)
+
+
+def test_checkpoint_restore_gives_identical_scores(small_data, tmp_path):
+    model = _model(small_data, "em3")
+    model.fit(small_data.dataset("train", 64).take(2), epochs=1, verbose=0)
+    rows = first_rows(small_data, "test", 20)
+    model.save_weights(str(tmp_path / "ckpt"))
+    clone = _model(small_data, "em3")
+    clone(rows)
+    clone.load_weights(str(tmp_path / "ckpt"))
+    np.testing.assert_allclose(clone(rows).numpy(), model(rows).numpy(), atol=1e-6)
+
+
+def test_em3_beats_id_only_on_cold_items(cold_start_data):
+    """The planted signal reaches cold items only through content (fixed seeds).
+
+    Margin required: 0.05 AUC on the cold test items (measured about 0.09 at these settings).
+    """
+    common = dict(max_history_len=20, learning_rate=3e-3)
+    _, em3 = train_and_evaluate(EM3Config.preset("em3", **common), cold_start_data, epochs=10,
+                                verbose=0)
+    _, ids = train_and_evaluate(EM3Config.preset("id_dcn", **common), cold_start_data, epochs=10,
+                                verbose=0)
+    print(f"cold AUC: em3 {em3['cold_auc']:.3f}, id_dcn {ids['cold_auc']:.3f}")
+    assert em3["cold_examples"] > 1000
+    assert em3["cold_auc"] > ids["cold_auc"] + 0.05
