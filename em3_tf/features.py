@@ -106,26 +106,35 @@ def check_features(features: Dict, context_features=(), with_label=False, max_hi
     return out
 
 
-def to_examples(features: Dict, context_features=()) -> list:
+
+def to_examples(features: Dict) -> list:
     """Serialized tf.Examples (bytes) from a dict of per-example arrays.
 
-    `history_item_ids` rows may be `PAD_ID` padded; padding is dropped. `label` is written if
-    present. This is what the serving signature and the gRPC client send.
+    Every feature but `history_item_ids` is written as one int64 value per example; history
+    rows may be `PAD_ID` padded (padding is dropped). This is the format of the stored
+    TFRecords, of the serving signature's input and of the gRPC client's requests.
     """
     import numpy as np
 
-    names = [n for n in scalar_features(context_features) + (LABEL,) if n in features]
-    missing = [n for n in scalar_features(context_features) + (HISTORY,) if n not in features]
-    if missing:
-        raise FeatureError(f"Missing feature(s) {missing} to build tf.Examples.")
-    count = len(features[ITEM_ID])
+    if HISTORY not in features:
+        raise FeatureError(f"Missing feature '{HISTORY}' to build tf.Examples.")
+    history = np.asarray(features[HISTORY])
+    columns = {}
+    for name, value in features.items():
+        if name == HISTORY:
+            continue
+        value = np.asarray(value).reshape(len(history), -1)
+        if value.shape[1] != 1 or not np.issubdtype(value.dtype, np.integer):
+            raise FeatureError(f"Feature '{name}' must hold one integer per example, got "
+                               f"{value.dtype} of shape {value.shape}.")
+        columns[name] = value[:, 0]
     out = []
-    for row in range(count):
-        feature = {n: tf.train.Feature(int64_list=tf.train.Int64List(
-            value=[int(np.asarray(features[n][row]).reshape(-1)[0])])) for n in names}
-        history = np.asarray(features[HISTORY][row]).reshape(-1)
-        feature[HISTORY] = tf.train.Feature(int64_list=tf.train.Int64List(
-            value=[int(v) for v in history if v != PAD_ID]))
+    for row in range(len(history)):
+        feature = {n: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v[row])]))
+                   for n, v in columns.items()}
+        values = history[row].reshape(-1)
+        feature[HISTORY] = tf.train.Feature(
+            int64_list=tf.train.Int64List(value=values[values != PAD_ID]))
         out.append(tf.train.Example(features=tf.train.Features(feature=feature))
                    .SerializeToString())
     return out

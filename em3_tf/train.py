@@ -16,8 +16,11 @@ from em3_tf.config import PRESETS, EM3Config
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="em3-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="synthetic", choices=["synthetic"],
-                        help="data source (synthetic: planted-structure demo data)")
+    parser.add_argument("--data", default="synthetic",
+                        help="'synthetic' (planted-structure demo data) or a directory written "
+                             "by `python -m em3_tf.data.build`")
+    parser.add_argument("--protocol", default="temporal", choices=["temporal", "item_cold"],
+                        help="split protocol of a built data directory")
     parser.add_argument("--preset", default="em3", choices=sorted(PRESETS),
                         help="model variant (default: em3)")
     parser.add_argument("--config", help="JSON file or string of EM3Config overrides")
@@ -38,11 +41,15 @@ def _overrides(text):
     return json.loads(text)
 
 
-def load_data(name, config: EM3Config, seed):
+def load_data(name, protocol, config: EM3Config, seed):
     if name == "synthetic":
         from em3_tf.data.synthetic import make_synthetic
         return make_synthetic(max_history_len=config.max_history_len, seed=seed)
-    raise ValueError(f"Unknown data source {name!r}.")
+    if not os.path.isdir(os.path.join(name, protocol)):
+        raise SystemExit(f"--data {name}: no '{protocol}' split there; build it with "
+                         f"`python -m em3_tf.data.build --out {name}`.")
+    from em3_tf.data.records import load_dataset
+    return load_dataset(name, protocol)
 
 
 def main(argv=None):
@@ -51,7 +58,7 @@ def main(argv=None):
     from em3_tf import training
     from em3_tf.export import export_saved_model
 
-    data = load_data(args.data, config, args.seed)
+    data = load_data(args.data, args.protocol, config, args.seed)
     print(f"data: {data.name} ({data.protocol}); "
           + ", ".join(f"{k}={len(v['item_id'])}" for k, v in data.splits.items()), flush=True)
     os.makedirs(args.out, exist_ok=True)

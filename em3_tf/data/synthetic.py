@@ -60,6 +60,9 @@ def make_synthetic(num_users=300, num_items=400, num_topics=8, interactions_per_
                    protocol="item_cold", cold_fraction=0.2, max_history_len=20, gain=1.8,
                    seed=0) -> RankingData:
     """A SYNTHETIC `RankingData` (see the module docstring)."""
+    if interactions_per_user[1] > num_items:
+        raise ValueError(f"`interactions_per_user` ({interactions_per_user}) must stay below "
+                         f"`num_items` ({num_items}).")
     rng = np.random.default_rng(seed + 1)
     catalog, topics = make_catalog(num_items, num_topics, seed)
     affinity = rng.normal(scale=1.2, size=[num_users, num_topics])

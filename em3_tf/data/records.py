@@ -1,0 +1,99 @@
+"""On-disk format shared by every data source: gzip TFRecords of tf.Examples + item catalog.
+
+    <out>/
+      catalog/catalog.npz, catalog.json     item content table (every catalog item)
+      <protocol>/{train,eval,test}/examples.tfrecord.gz
+      <protocol>/metadata.json              data name, protocol, context features
+      summary.json                          counts per protocol and split
+
+Each tf.Example holds the raw model features (`em3_tf.features`) plus, for analysis only,
+`timestamp`, `is_cold_item` (0/1: the item has no training interaction) and `history_length`.
+"""
+
+import json
+import os
+from typing import Dict
+
+import numpy as np
+
+from em3_tf import features as F
+from em3_tf._tf import tf
+from em3_tf.catalog import ItemCatalog
+from em3_tf.data.dataset import RankingData
+from em3_tf.data.splits import IS_COLD, SPLITS, TIMESTAMP, summarize
+
+HISTORY_LENGTH = "history_length"
+ANALYSIS_FEATURES = (TIMESTAMP, IS_COLD, HISTORY_LENGTH)
+FILE_NAME = "examples.tfrecord.gz"
+
+
+def split_features(data: RankingData, split: str) -> Dict[str, np.ndarray]:
+    part = data.splits[split]
+    out = data.model_features(split)
+    out[TIMESTAMP] = part[TIMESTAMP]
+    out[IS_COLD] = part[IS_COLD].astype(np.int64)
+    out[HISTORY_LENGTH] = (part[F.HISTORY] != F.PAD_ID).sum(axis=1).astype(np.int64)
+    return out
+
+
+def write_protocol(data: RankingData, out_dir: str) -> str:
+    """Writes the splits of `data` to `<out_dir>/<protocol>/`; returns that directory."""
+    base = os.path.join(out_dir, data.protocol)
+    for split in SPLITS:
+        path = os.path.join(base, split, FILE_NAME)
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        tmp = path + ".tmp"
+        with tf.io.TFRecordWriter(tmp, options="GZIP") as writer:
+            for record in F.to_examples(split_features(data, split)):
+                writer.write(record)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    with open(os.path.join(base, "metadata.json"), "w") as f:
+        json.dump({"name": data.name, "protocol": data.protocol,
+                   "context_features": list(data.context_features),
+                   "max_history_len": int(data.splits["train"][F.HISTORY].shape[1])}, f, indent=2)
+    return base
+
+
+def write_dataset(datasets, out_dir: str) -> Dict:
+    """Writes the catalog once and every protocol's splits; returns and saves the summary."""
+    datasets = list(datasets)
+    datasets[0].catalog.save(os.path.join(out_dir, "catalog"))
+    summary = {"data": datasets[0].name, "catalog_items": len(datasets[0].catalog),
+               "protocols": {}}
+    for data in datasets:
+        write_protocol(data, out_dir)
+        summary["protocols"][data.protocol] = summarize(data.splits, F.LABEL)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def read_split(out_dir: str, protocol: str, split: str) -> Dict[str, np.ndarray]:
+    """The feature arrays of one written split (history `PAD_ID` padded)."""
+    with open(os.path.join(out_dir, protocol, "metadata.json")) as f:
+        meta = json.load(f)
+    names = F.scalar_features(meta["context_features"]) + (F.LABEL,) + ANALYSIS_FEATURES
+    spec = {n: tf.io.FixedLenFeature([], tf.int64) for n in names}
+    spec[F.HISTORY] = tf.io.RaggedFeature(tf.int64)
+    path = os.path.join(out_dir, protocol, split, FILE_NAME)
+    ds = tf.data.TFRecordDataset(path, compression_type="GZIP").batch(4096).map(
+        lambda x: tf.io.parse_example(x, spec))
+    columns: Dict[str, list] = {n: [] for n in spec}
+    for batch in ds:
+        for n in names:
+            columns[n].append(batch[n].numpy())
+        columns[F.HISTORY].append(F.pad_history(batch[F.HISTORY], meta["max_history_len"]).numpy())
+    return {n: np.concatenate(v) for n, v in columns.items()}
+
+
+def load_dataset(out_dir: str, protocol: str) -> RankingData:
+    """`RankingData` back from `write_dataset`'s files."""
+    with open(os.path.join(out_dir, protocol, "metadata.json")) as f:
+        meta = json.load(f)
+    splits = {}
+    for split in SPLITS:
+        part = read_split(out_dir, protocol, split)
+        part[IS_COLD] = part[IS_COLD].astype(bool)
+        splits[split] = part
+    return RankingData(meta["name"], splits, ItemCatalog.load(os.path.join(out_dir, "catalog")),
+                       tuple(meta["context_features"]), protocol)
