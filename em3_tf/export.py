@@ -1,14 +1,16 @@
-"""SavedModel export of an `EM3Ranker` with serving signatures.
+"""SavedModel export of an `EM3Ranker` with serving signatures and TF Serving warm-up data.
 
 Signatures:
   - `serving_default`: `examples` (string `[B]`, serialized tf.Example with the raw features
-    of `em3_tf.features`) -> `scores` (float `[B]`, click probability). This is what
+    of `em3_tf.features`, no label) -> `scores` (float `[B]`, click probability). This is what
     TensorFlow Serving's Predict API is called with.
   - `predict_features`: the raw feature tensors (`user_id [B]`, `item_id [B]`,
     `history_item_ids [B, L]` padded with -1, context features `[B]`) -> `scores`.
 
-The item catalog's token features are model variables, so an item that never had an
-interaction is scored from its content by the exported model alone.
+With a TF Transform output, both signatures apply its transform graph to the raw features
+before the model (the graph is exported with the model). The item catalog's token features are
+model variables, so an item that never had an interaction is scored from its content by the
+exported model alone.
 """
 
 import json
@@ -19,43 +21,91 @@ from em3_tf._tf import tf
 from em3_tf.config import EM3Config
 
 CONFIG_FILE = "em3_config.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+SIGNATURE_INPUT = "examples"
+SIGNATURE_OUTPUT = "scores"
 
 
-def serving_signatures(model):
+def _raw_ids(config: EM3Config):
+    return F.scalar_features(config.context_features)
+
+
+def _is_fixed_column(spec):
+    return isinstance(spec, tf.io.FixedLenFeature) and list(spec.shape) == [1]
+
+
+def serving_signatures(model, transform_output=None):
+    """`{"serving_default", "predict_features"}` concrete-function builders for `model`."""
     config: EM3Config = model.config
-    names = F.scalar_features(config.context_features)
+    names = _raw_ids(config)
+    if transform_output is not None:
+        model.tft_layer = transform_output.transform_features_layer()
+        raw_spec = {n: s for n, s in transform_output.raw_feature_spec().items()
+                    if n in names + (F.HISTORY,)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def transform(raw):
+            return model.tft_layer(raw)
+    else:
+        raw_spec = F.example_spec(config.context_features, with_label=False)
+
+        def transform(raw):
+            return raw
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SIGNATURE_INPUT)])
     def serve_examples(examples):
-        parsed = F.parse_examples(examples, config.context_features, config.max_history_len)
-        return {"scores": model(parsed, training=False)}
+        raw = tf.io.parse_example(examples, raw_spec)
+        return {SIGNATURE_OUTPUT: model(transform(raw), training=False)}
 
     specs = [tf.TensorSpec([None], tf.int64, name=n) for n in names]
     specs.append(tf.TensorSpec([None, None], tf.int64, name=F.HISTORY))
 
     @tf.function(input_signature=specs)
     def serve_features(*tensors):
-        return {"scores": model(dict(zip(names + (F.HISTORY,), tensors)), training=False)}
+        raw = {n: t[:, None] if _is_fixed_column(raw_spec[n]) else t
+               for n, t in zip(names, tensors)}
+        history = tf.RaggedTensor.from_tensor(tensors[-1], padding=F.PAD_ID)
+        raw[F.HISTORY] = (history.to_sparse() if isinstance(raw_spec[F.HISTORY],
+                                                            tf.io.VarLenFeature) else history)
+        return {SIGNATURE_OUTPUT: model(transform(raw), training=False)}
 
     return {"serving_default": serve_examples, "predict_features": serve_features}
 
 
-def export_saved_model(model, export_dir: str) -> str:
+def write_warmup_requests(export_dir: str, serialized_examples, model_name: str):
+    """`assets.extra/tf_serving_warmup_requests`: Predict requests TF Serving replays on load."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+    request.inputs[SIGNATURE_INPUT].CopyFrom(
+        tf.make_tensor_proto(list(serialized_examples), dtype=tf.string))
+    log = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request))
+    path = os.path.join(export_dir, "assets.extra", WARMUP_FILE)
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(log.SerializeToString())
+
+
+def export_saved_model(model, export_dir: str, transform_output=None, warmup_examples=None,
+                       model_name="em3") -> str:
     """Writes a SavedModel to `export_dir` (must not exist) and returns it.
 
     It is written to a temporary sibling directory first and renamed into place, so a reader
-    never sees a half-written export.
+    never sees a half-written export. `warmup_examples` (serialized tf.Examples) become TF
+    Serving warm-up requests.
     """
     if tf.io.gfile.exists(export_dir):
         raise FileExistsError(f"Export directory {export_dir} already exists.")
     tmp = export_dir.rstrip("/") + ".tmp-export"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(model, tmp, signatures=serving_signatures(model))
+    tf.saved_model.save(model, tmp, signatures=serving_signatures(model, transform_output))
     extra = os.path.join(tmp, "assets.extra")
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(extra, CONFIG_FILE), "w") as f:
         f.write(json.dumps(model.config.get_config(), indent=2, sort_keys=True))
+    if warmup_examples is not None:
+        write_warmup_requests(tmp, warmup_examples, model_name)
     tf.io.gfile.rename(tmp, export_dir)
     return export_dir
 

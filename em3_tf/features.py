@@ -8,6 +8,7 @@ Raw features of one example (one user, one candidate item):
 | `item_id`          | int64 | `[]`       | candidate item identifier (>= 0), key into the catalog   |
 | `history_item_ids` | int64 | `[<= L]`   | the user's earlier items, most recent first (>= 0)       |
 | context features   | int64 | `[]`       | extra categorical features named in `EM3Config`          |
+| dense features     | float | `[]`       | extra numeric features named in `EM3Config`              |
 | `label`            | int64 | `[]`       | 1 = click (positive), 0 = not; absent at serving         |
 
 In batched tensors the history is dense `[B, L]`, padded with `PAD_ID` (-1).
@@ -53,12 +54,14 @@ def parse_examples(serialized, context_features=(), max_history_len=None, with_l
 
 
 def pad_history(history, max_history_len=None):
-    """Ragged or dense `[B, <=L]` history -> dense int64 `[B, max_history_len]`, `PAD_ID` padded.
+    """Ragged, sparse or dense `[B, <=L]` history -> dense int64 `[B, max_history_len]`.
 
-    The first `max_history_len` entries (the most recent) are kept.
+    Padded with `PAD_ID`; the first `max_history_len` entries (the most recent) are kept.
     """
     if isinstance(history, tf.RaggedTensor):
         history = history.to_tensor(default_value=PAD_ID)
+    elif isinstance(history, tf.SparseTensor):
+        history = tf.sparse.to_dense(history, default_value=PAD_ID)
     history = tf.cast(history, tf.int64)
     if max_history_len is None:
         return history
@@ -68,27 +71,34 @@ def pad_history(history, max_history_len=None):
     return tf.ensure_shape(history, [None, max_history_len])
 
 
-def check_features(features: Dict, context_features=(), with_label=False, max_history_len=None):
+def check_features(features: Dict, context_features=(), with_label=False, max_history_len=None,
+                   dense_features=()):
     """Checks presence, dtype and rank of every raw feature; returns canonical tensors.
 
-    Scalars may come as `[B]` or `[B, 1]`; the history as dense `[B, L]` or ragged. Returns a
-    dict with scalars `[B]` int64 and the history dense `[B, max_history_len]`.
+    Scalars may come as `[B]` or `[B, 1]`; the history as dense `[B, L]`, ragged or sparse.
+    Returns a dict with ids `[B]` int64, dense features `[B]` float32 and the history dense
+    `[B, max_history_len]`.
 
     Raises:
       FeatureError: naming the offending feature.
     """
     if not isinstance(features, dict):
         raise FeatureError(f"Model inputs must be a dict of features, got {type(features)}.")
-    required = scalar_features(context_features) + (HISTORY,) + ((LABEL,) if with_label else ())
+    required = (scalar_features(context_features) + tuple(dense_features) + (HISTORY,)
+                + ((LABEL,) if with_label else ()))
     missing = [name for name in required if name not in features]
     if missing:
         raise FeatureError(f"Missing input feature(s) {missing}; expected {list(required)}.")
     out = {}
     for name in required:
         value = features[name]
-        if not isinstance(value, (tf.Tensor, tf.RaggedTensor, tf.Variable)):
+        if not isinstance(value, (tf.Tensor, tf.RaggedTensor, tf.SparseTensor, tf.Variable)):
             value = tf.convert_to_tensor(value)
-        if not (value.dtype.is_integer or (name == LABEL and value.dtype.is_floating)):
+        if name in dense_features:
+            if not value.dtype.is_floating:
+                raise FeatureError(f"Feature '{name}' must be a float tensor, got "
+                                   f"{value.dtype.name}.")
+        elif not (value.dtype.is_integer or (name == LABEL and value.dtype.is_floating)):
             raise FeatureError(f"Feature '{name}' must be an integer tensor, got {value.dtype.name}.")
         rank = value.shape.rank
         if name == HISTORY:
@@ -102,7 +112,8 @@ def check_features(features: Dict, context_features=(), with_label=False, max_hi
         elif rank != 1:
             raise FeatureError(f"Feature '{name}' must have shape [batch] or [batch, 1], got "
                                f"{value.shape}.")
-        out[name] = value if name == LABEL else tf.cast(value, tf.int64)
+        out[name] = (value if name == LABEL else
+                     tf.cast(value, tf.float32 if name in dense_features else tf.int64))
     return out
 
 

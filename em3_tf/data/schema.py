@@ -42,8 +42,10 @@ def make_schema(context_features: Iterable[str] = (), domains=None,
         feature.int_domain.min, feature.int_domain.max = lo, hi
         feature.presence.min_fraction = 1.0
         feature.presence.min_count = 1
-        feature.value_count.min = 0 if max_values > 1 else 1
-        feature.value_count.max = max_values
+        if max_values > 1:
+            feature.value_count.min, feature.value_count.max = 0, max_values
+        else:  # a fixed shape makes TF Transform parse it as FixedLenFeature([1])
+            feature.shape.dim.add(size=1)
         feature.annotation.comment.append(description)
         if training_only:
             feature.not_in_environment.append("SERVING")

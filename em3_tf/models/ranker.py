@@ -112,7 +112,7 @@ class EM3Ranker(tfrs.Model):
 
     def _inputs(self, features, with_label=False):
         return F.check_features(features, self.config.context_features, with_label,
-                                self.config.max_history_len)
+                                self.config.max_history_len, self.config.dense_features)
 
     def _history_content(self, history, training):
         """Content embeddings `[B, L, content_dim]` of the history items."""
@@ -134,6 +134,7 @@ class EM3Ranker(tfrs.Model):
         mask = tf.not_equal(history, F.PAD_ID)
         embedded = {name: layer(inputs[name]) for name, layer in self.id_embeddings.items()}
         tower = list(embedded.values())
+        tower += [inputs[name][:, None] for name in self.config.dense_features]
         item_emb = embedded[F.ITEM_ID]
         if self.config.use_id_sequence:
             history_ids = self.id_embeddings[F.ITEM_ID](history)
@@ -149,7 +150,7 @@ class EM3Ranker(tfrs.Model):
         x = x0
         for cross in self.cross_layers:
             x = cross(x0, x)
-        logits = self.logit(self.mlp(x, training=training))[:, 0]
+        logits = tf.cast(self.logit(self.mlp(x, training=training))[:, 0], tf.float32)
         return logits, {"content": content, "item_embedding": item_emb}
 
     def call(self, features, training=False):

@@ -1,0 +1,1 @@
+"""TFX user code of EM3: Transform's `preprocessing_fn` and Trainer's `run_fn`."""

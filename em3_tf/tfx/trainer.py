@@ -1,0 +1,101 @@
+"""TFX Trainer user code: `run_fn` trains EM3 on transformed examples and exports it.
+
+`fn_args.custom_config` keys (set by `pipelines/pipeline.py` from `PipelineConfig`):
+  - `em3_config`: `EM3Config` fields (dict);
+  - `epochs`, `batch_size`, `seed`;
+  - `distribute`: `"auto"` (MirroredStrategy over the GPUs if any, else the default
+    strategy), `"mirrored"` (MirroredStrategy over GPUs, or over the logical CPUs when there
+    is no GPU), `"default"`;
+  - `mixed_precision`: use the `mixed_float16` Keras policy (GPUs);
+  - `model_name`: the name served models carry (for warm-up requests);
+  - `item_catalog_uri`: added by `pipelines.components.EM3Trainer` from its `item_catalog`.
+"""
+
+import numpy as np
+import tensorflow_transform as tft
+from tfx_bsl.public import tfxio
+
+from em3_tf import features as F
+from em3_tf._tf import keras, tf
+from em3_tf.catalog import ItemCatalog
+from em3_tf.config import EM3Config
+from em3_tf.export import export_saved_model
+from em3_tf.models.ranker import EM3Ranker, RefreshContentCache
+from em3_tf.tfx.preprocessing import CATEGORICAL, DENSE_FEATURES, vocabulary_name
+
+CATALOG_KEY = "item_catalog_uri"
+
+
+def choose_strategy(kind="auto") -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy for the devices present (see the module docstring)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "auto":
+        return tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+    if kind == "mirrored":
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    raise ValueError(f"`distribute` must be 'auto', 'mirrored' or 'default', got {kind!r}.")
+
+
+def transformed_vocabularies(tft_output, names):
+    """`{feature: sorted int ids}` from the Transform's `tft.vocabulary` files."""
+    return {n: np.array(sorted(int(v) for v in tft_output.vocabulary_by_name(vocabulary_name(n))),
+                        np.int64) for n in names}
+
+
+def _dataset(fn_args, files, tft_output, batch_size, seed, repeat):
+    return fn_args.data_accessor.tf_dataset_factory(
+        files, tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=repeat,
+                                              shuffle_seed=seed, num_epochs=None if repeat else 1),
+        tft_output.transformed_metadata.schema)
+
+
+def _warmup_examples(model_vocab, catalog: ItemCatalog, context_features, count=8):
+    rows = {F.USER_ID: np.repeat(model_vocab[F.USER_ID][:1], count),
+            F.ITEM_ID: catalog.item_ids[:count],
+            F.HISTORY: np.tile(catalog.item_ids[count:count + 5], (count, 1))}
+    for name in context_features:
+        rows[name] = np.repeat(model_vocab[name][:1], count)
+    return F.to_examples(rows)
+
+
+def run_fn(fn_args):
+    custom = dict(fn_args.custom_config or {})
+    if CATALOG_KEY not in custom:
+        raise ValueError(f"custom_config has no '{CATALOG_KEY}': use pipelines.components."
+                         f"EM3Trainer, which hands the item catalog artifact to run_fn.")
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    transformed = tft_output.transformed_feature_spec()
+    context = tuple(n for n in CATEGORICAL if n in transformed
+                    and n not in F.scalar_features())
+    config = EM3Config.from_config({**custom.get("em3_config", {}),
+                                    "context_features": list(context),
+                                    "dense_features": [n for n in DENSE_FEATURES
+                                                       if n in transformed]})
+    catalog = ItemCatalog.load(custom[CATALOG_KEY])
+    vocabularies = transformed_vocabularies(tft_output, F.scalar_features(context))
+    seed = int(custom.get("seed", 0))
+    epochs = int(custom.get("epochs", 1))
+    batch_size = int(custom.get("batch_size", 256))
+    keras.utils.set_random_seed(seed)
+    if custom.get("mixed_precision"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = choose_strategy(custom.get("distribute", "auto"))
+    print(f"EM3 trainer: {strategy.num_replicas_in_sync} replica(s) "
+          f"({type(strategy).__name__}), {epochs} epoch(s) of "
+          f"{max(1, fn_args.train_steps // epochs)} steps, batch {batch_size}", flush=True)
+    with strategy.scope():
+        model = EM3Ranker(config, vocabularies, catalog)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    train = _dataset(fn_args, fn_args.train_files, tft_output, batch_size, seed, repeat=True)
+    evaluation = _dataset(fn_args, fn_args.eval_files, tft_output, 1024, seed, repeat=False)
+    model.fit(train, epochs=epochs, steps_per_epoch=max(1, fn_args.train_steps // epochs),
+              validation_data=evaluation, validation_steps=fn_args.eval_steps or None,
+              callbacks=[RefreshContentCache(),
+                         keras.callbacks.TensorBoard(fn_args.model_run_dir, update_freq="epoch")],
+              verbose=2)
+    export_saved_model(model, fn_args.serving_model_dir, transform_output=tft_output,
+                       warmup_examples=_warmup_examples(vocabularies, catalog, context),
+                       model_name=custom.get("model_name", "em3"))

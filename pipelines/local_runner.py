@@ -1,0 +1,163 @@
+"""Run the EM3 TFX pipeline locally (LocalDagRunner, SQLite ML Metadata, Beam DirectRunner).
+
+    python -m pipelines.local_runner                     # MovieLens-100K, built if missing
+    python -m pipelines.local_runner --data synthetic    # SYNTHETIC demo data
+    python -m pipelines.local_runner --beam-arg=--runner=FlinkRunner --beam-arg=--flink_master=HOST:8081
+
+Prints where every component's artifacts went, the evaluation summary (overall, cold-item and
+warm-item AUC), whether the model was blessed and where it was pushed.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+
+from pipelines.config import REPO, PipelineConfig
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m pipelines.local_runner", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = PipelineConfig()
+    p.add_argument("--data", default="ml-100k",
+                   help="'ml-100k' (default), 'synthetic', or a directory written by "
+                        "`python -m em3_tf.data.build`")
+    p.add_argument("--protocol", default=d.protocol, choices=["temporal", "item_cold"])
+    p.add_argument("--preset", default=d.preset, help="EM3Config preset to train")
+    p.add_argument("--em3-config", default="{}", help="JSON of EM3Config overrides")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--distribute", default=d.distribute, choices=["auto", "mirrored", "default"])
+    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--auc-floor", type=float, default=d.auc_floor)
+    p.add_argument("--regression-tolerance", type=float, default=d.regression_tolerance)
+    p.add_argument("--pipeline-name", default=None)
+    p.add_argument("--work-dir", default=d.work_dir, help="pipeline root and ML Metadata")
+    p.add_argument("--serving-dir", default=d.serving_dir, help="Pusher base directory")
+    p.add_argument("--model-name", default=d.model_name)
+    p.add_argument("--beam-arg", action="append", default=None,
+                   help="a Beam pipeline argument (repeatable); default: DirectRunner in memory")
+    p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    return p.parse_args(argv)
+
+
+def ensure_data(data: str) -> str:
+    """The data directory for `data`, built with `em3_tf.data.build` if it is not there yet."""
+    if data not in ("ml-100k", "synthetic"):
+        if not os.path.exists(os.path.join(data, "summary.json")):
+            raise SystemExit(f"--data {data}: no summary.json; build it with "
+                             f"`python -m em3_tf.data.build --out {data}`.")
+        return data
+    out = os.path.join("artifacts", data)
+    if not os.path.exists(os.path.join(out, "summary.json")):
+        from em3_tf.data import build
+        print(f"building {data} data into {out} ...", flush=True)
+        build.main(["--out", out] + (["--source", "synthetic"] if data == "synthetic" else []))
+    return out
+
+
+def config_from_args(args) -> PipelineConfig:
+    data_dir = ensure_data(args.data)
+    synthetic = args.data == "synthetic"
+    return PipelineConfig(
+        pipeline_name=args.pipeline_name or ("em3-synthetic" if synthetic else "em3-ml100k"),
+        data_dir=data_dir, protocol=args.protocol,
+        schema_file=os.path.join(REPO, "schemas",
+                                 "synthetic.pbtxt" if synthetic else "schema.pbtxt"),
+        work_dir=args.work_dir, serving_dir=args.serving_dir, model_name=args.model_name,
+        preset=args.preset, em3_overrides=json.loads(args.em3_config), epochs=args.epochs,
+        batch_size=args.batch_size, seed=args.seed, distribute=args.distribute,
+        mixed_precision=args.mixed_precision, auc_floor=args.auc_floor,
+        regression_tolerance=args.regression_tolerance,
+        beam_args=tuple(args.beam_arg) if args.beam_arg else PipelineConfig.beam_args,
+        enable_cache=not args.no_cache)
+
+
+def run(config: PipelineConfig) -> dict:
+    """Runs the pipeline and returns `summarize(config)`."""
+    from tfx import v1 as tfx
+
+    from pipelines.pipeline import create_pipeline
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    return summarize(config)
+
+
+def _latest_outputs(store, pipeline_root):
+    """`{"<Component>/<output>": newest artifact}` from ML Metadata."""
+    latest = {}
+    for artifact in store.get_artifacts():
+        if not artifact.uri.startswith(pipeline_root):
+            continue
+        key = "/".join(os.path.relpath(artifact.uri, pipeline_root).split(os.sep)[:2])
+        if key not in latest or artifact.id > latest[key].id:
+            latest[key] = artifact
+    return latest
+
+
+def _auc(eval_uri, slice_key):
+    import tensorflow_model_analysis as tfma
+    result = tfma.load_eval_result(eval_uri)
+    for key, metrics in result.slicing_metrics:
+        if tuple(key) == slice_key:
+            values = metrics[""][""]
+            return {name: round(values[name]["doubleValue"], 4)
+                    for name in ("auc", "binary_crossentropy", "calibration", "example_count")
+                    if name in values and "doubleValue" in values[name]}
+    return None
+
+
+def summarize(config: PipelineConfig) -> dict:
+    """Where the latest artifacts are, the evaluation summary, blessing and push."""
+    from ml_metadata.metadata_store import metadata_store
+    from tfx.orchestration import metadata
+
+    from em3_tf.data.splits import IS_COLD
+    store = metadata_store.MetadataStore(
+        metadata.sqlite_metadata_connection_config(config.metadata_path))
+    outputs = _latest_outputs(store, config.pipeline_root)
+    summary = {"artifacts": {key: a.uri for key, a in sorted(outputs.items())}}
+    evaluation = outputs.get("Evaluator/evaluation")
+    if evaluation is not None:
+        summary["evaluation"] = {"overall": _auc(evaluation.uri, ()),
+                                 "cold_items": _auc(evaluation.uri, ((IS_COLD, 1),)),
+                                 "warm_items": _auc(evaluation.uri, ((IS_COLD, 0),))}
+    blessing = outputs.get("Evaluator/blessing")
+    if blessing is not None:
+        summary["blessed"] = bool(blessing.custom_properties["blessed"].int_value)
+    pushed = outputs.get("Pusher/pushed_model")
+    if pushed is not None:
+        props = pushed.custom_properties
+        summary["pushed"] = bool(props["pushed"].int_value)
+        if summary["pushed"]:
+            summary["pushed_to"] = props["pushed_destination"].string_value
+    versions = sorted(os.listdir(config.push_base)) if os.path.isdir(config.push_base) else []
+    summary["serving_versions"] = versions
+    return summary
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger().setLevel(logging.INFO)
+    config = config_from_args(args)
+    summary = run(config)
+    os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
+    with open(os.path.join(os.path.dirname(config.metadata_path), "last_run.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print("\n=== EM3 pipeline: artifacts ===")
+    for key, uri in summary["artifacts"].items():
+        print(f"  {key:40s} {uri}")
+    print("=== evaluation (eval split) ===")
+    print(json.dumps(summary.get("evaluation"), indent=2))
+    print(f"blessed: {summary.get('blessed')}; pushed: {summary.get('pushed')} "
+          f"{summary.get('pushed_to', '')}")
+    print(f"serving versions under {config.push_base}: {summary['serving_versions']}",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

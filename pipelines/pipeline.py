@@ -1,0 +1,98 @@
+"""The EM3 TFX pipeline definition (no runner here; see local_runner.py, kubeflow_runner.py).
+
+ImportExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate
+  -> Transform -> ItemCatalogGen -> EM3Trainer -> (latest blessed model) Evaluator -> Pusher
+"""
+
+import os
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from em3_tf import features as F
+from em3_tf.data.records import FILE_NAME
+from em3_tf.data.splits import IS_COLD
+from em3_tf.export import SIGNATURE_OUTPUT
+from pipelines.components import AnomaliesGate, EM3Trainer, ItemCatalogGen
+from pipelines.config import PipelineConfig
+
+PREPROCESSING_FN = "em3_tf.tfx.preprocessing.preprocessing_fn"
+RUN_FN = "em3_tf.tfx.trainer.run_fn"
+ACTIVITY = "history_length"
+
+
+def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+    """TFMA on the serving signature: AUC, log-loss, calibration; cold/warm and activity slices.
+
+    Blessing: AUC >= `auc_floor`, and no worse than the latest blessed model by more than
+    `regression_tolerance`.
+    """
+    auc_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.auc_floor}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -config.regression_tolerance}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=F.LABEL,
+                                    prediction_key=SIGNATURE_OUTPUT)],
+        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[IS_COLD]),
+                       tfma.SlicingSpec(feature_keys=[ACTIVITY])],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
+            tfma.MetricConfig(class_name="BinaryCrossentropy"),
+            tfma.MetricConfig(class_name="Calibration"),
+            tfma.MetricConfig(class_name="CalibrationPlot"),
+        ])])
+
+
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    input_config = tfx.proto.Input(splits=[
+        tfx.proto.Input.Split(name=split, pattern=f"{split}/{FILE_NAME}")
+        for split in ("train", "eval")])
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=os.path.abspath(os.path.join(config.data_dir, config.protocol)),
+        input_config=input_config)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=os.path.abspath(config.schema_file))
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN)
+    transform.add_upstream_node(gate)
+    catalog = ItemCatalogGen(catalog_dir=os.path.abspath(os.path.join(config.data_dir,
+                                                                      "catalog")))
+    trainer = EM3Trainer(
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"], item_catalog=catalog.outputs["item_catalog"],
+        run_fn=RUN_FN,
+        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps()),
+        eval_args=tfx.proto.EvalArgs(num_steps=0),
+        custom_config={"em3_config": config.em3_config().get_config(), "epochs": config.epochs,
+                       "batch_size": config.batch_size, "seed": config.seed,
+                       "distribute": config.distribute,
+                       "mixed_precision": config.mixed_precision,
+                       "model_name": config.model_name})
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"], eval_config=eval_config(config))
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.push_base)))
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, gate,
+                    transform, catalog, trainer, baseline, evaluator, pusher],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata
+        .sqlite_metadata_connection_config(config.metadata_path),
+        beam_pipeline_args=list(config.beam_args))
