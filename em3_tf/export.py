@@ -6,6 +6,8 @@ Signatures:
     TensorFlow Serving's Predict API is called with.
   - `predict_features`: the raw feature tensors (`user_id [B]`, `item_id [B]`,
     `history_item_ids [B, L]` padded with -1, context features `[B]`) -> `scores`.
+  - `regress` (`inputs` -> `outputs`) and `classify` (`inputs` -> `classes`, `scores` over
+    "0"/"1"): the same model with TF Serving's Regress / Classify method names.
 
 With a TF Transform output, both signatures apply its transform graph to the raw features
 before the model (the graph is exported with the model). The item catalog's token features are
@@ -68,7 +70,33 @@ def serving_signatures(model, transform_output=None):
                                                             tf.io.VarLenFeature) else history)
         return {SIGNATURE_OUTPUT: model(transform(raw), training=False)}
 
-    return {"serving_default": serve_examples, "predict_features": serve_features}
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress(inputs):
+        return {"outputs": serve_examples(inputs)[SIGNATURE_OUTPUT]}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(inputs):
+        p = serve_examples(inputs)[SIGNATURE_OUTPUT]
+        classes = tf.tile(tf.constant([["0", "1"]]), [tf.shape(p)[0], 1])
+        return {"classes": classes, "scores": tf.stack([1.0 - p, p], axis=1)}
+
+    return {"serving_default": serve_examples, "predict_features": serve_features,
+            "regress": regress, "classify": classify}
+
+
+def _set_method_names(export_dir):
+    """Gives `regress` / `classify` TF Serving's method names (TF 2 saves every signature as
+    predict), so TF Serving's Regress and Classify APIs accept them."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    path = os.path.join(export_dir, "saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    signatures = proto.meta_graphs[0].signature_def
+    signatures["regress"].method_name = tf.saved_model.REGRESS_METHOD_NAME
+    signatures["classify"].method_name = tf.saved_model.CLASSIFY_METHOD_NAME
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(proto.SerializeToString())
 
 
 def write_warmup_requests(export_dir: str, serialized_examples, model_name: str):
@@ -100,6 +128,7 @@ def export_saved_model(model, export_dir: str, transform_output=None, warmup_exa
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
     tf.saved_model.save(model, tmp, signatures=serving_signatures(model, transform_output))
+    _set_method_names(tmp)
     extra = os.path.join(tmp, "assets.extra")
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(extra, CONFIG_FILE), "w") as f:

@@ -9,6 +9,11 @@ from typing import Any, Dict, Tuple
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def resolve(path: str) -> str:
+    """An absolute local path, or a URI (gs://, s3://, ...) as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 @dataclasses.dataclass
 class PipelineConfig:
     """Settings of one pipeline (paths are relative to the working directory).
@@ -63,10 +68,11 @@ class PipelineConfig:
 
     @property
     def push_base(self) -> str:
-        return os.path.abspath(os.path.join(self.serving_dir, self.model_name))
+        return resolve(os.path.join(self.serving_dir, self.model_name))
 
     def train_examples(self) -> int:
-        with open(os.path.join(self.data_dir, "summary.json")) as f:
+        import tensorflow as tf
+        with tf.io.gfile.GFile(os.path.join(self.data_dir, "summary.json")) as f:
             summary = json.load(f)
         return int(summary["protocols"][self.protocol]["train"]["examples"])
 

@@ -41,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--beam-arg", action="append", default=None,
                    help="a Beam pipeline argument (repeatable); default: DirectRunner in memory")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    p.add_argument("--logical-cpus", type=int, default=0,
+                   help="split the CPU into N logical devices (to exercise --distribute "
+                        "mirrored without GPUs)")
     return p.parse_args(argv)
 
 
@@ -61,7 +64,8 @@ def ensure_data(data: str) -> str:
 
 def config_from_args(args) -> PipelineConfig:
     data_dir = ensure_data(args.data)
-    synthetic = args.data == "synthetic"
+    with open(os.path.join(data_dir, "summary.json")) as f:
+        synthetic = json.load(f)["data"] == "synthetic"
     return PipelineConfig(
         pipeline_name=args.pipeline_name or ("em3-synthetic" if synthetic else "em3-ml100k"),
         data_dir=data_dir, protocol=args.protocol,
@@ -141,6 +145,11 @@ def summarize(config: PipelineConfig) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.logical_cpus > 1:
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
     logging.getLogger().setLevel(logging.INFO)
     config = config_from_args(args)
     summary = run(config)

@@ -10,22 +10,21 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from em3_tf import features as F
-from em3_tf.data.records import FILE_NAME
+from em3_tf.data.records import FILE_NAME, USER_ACTIVITY
 from em3_tf.data.splits import IS_COLD
 from em3_tf.export import SIGNATURE_OUTPUT
 from pipelines.components import AnomaliesGate, EM3Trainer, ItemCatalogGen
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, resolve
 
 PREPROCESSING_FN = "em3_tf.tfx.preprocessing.preprocessing_fn"
 RUN_FN = "em3_tf.tfx.trainer.run_fn"
-ACTIVITY = "history_length"
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     """TFMA on the serving signature: AUC, log-loss, calibration; cold/warm and activity slices.
 
-    Blessing: AUC >= `auc_floor`, and no worse than the latest blessed model by more than
-    `regression_tolerance`.
+    Blessing (on the overall slice): AUC >= `auc_floor`, and no worse than the latest blessed
+    model by more than `regression_tolerance`. Slices are reported, not thresholded.
     """
     auc_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.auc_floor}),
@@ -36,10 +35,12 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=F.LABEL,
                                     prediction_key=SIGNATURE_OUTPUT)],
         slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[IS_COLD]),
-                       tfma.SlicingSpec(feature_keys=[ACTIVITY])],
+                       tfma.SlicingSpec(feature_keys=[USER_ACTIVITY])],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
-            tfma.MetricConfig(class_name="AUC", threshold=auc_threshold),
+            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[
+                tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()],
+                                             threshold=auc_threshold)]),
             tfma.MetricConfig(class_name="BinaryCrossentropy"),
             tfma.MetricConfig(class_name="Calibration"),
             tfma.MetricConfig(class_name="CalibrationPlot"),
@@ -51,10 +52,10 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         tfx.proto.Input.Split(name=split, pattern=f"{split}/{FILE_NAME}")
         for split in ("train", "eval")])
     example_gen = tfx.components.ImportExampleGen(
-        input_base=os.path.abspath(os.path.join(config.data_dir, config.protocol)),
+        input_base=resolve(os.path.join(config.data_dir, config.protocol)),
         input_config=input_config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=os.path.abspath(config.schema_file))
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=resolve(config.schema_file))
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
@@ -62,8 +63,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN)
     transform.add_upstream_node(gate)
-    catalog = ItemCatalogGen(catalog_dir=os.path.abspath(os.path.join(config.data_dir,
-                                                                      "catalog")))
+    catalog = ItemCatalogGen(catalog_dir=resolve(os.path.join(config.data_dir, "catalog")))
     trainer = EM3Trainer(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],

@@ -24,6 +24,45 @@ def cold_start_data():
     return make_synthetic(max_history_len=20, seed=0)
 
 
+# The TFX pipeline, run once per session on SYNTHETIC data; its pushed model serves the
+# pipeline and serving tests.
+EPOCHS = "3"
+FLOOR = "0.55"
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    from em3_tf.data import records
+    from em3_tf.data.synthetic import make_synthetic
+    base = tmp_path_factory.mktemp("pipeline")
+    data_dir = str(base / "data")
+    records.write_dataset([make_synthetic(protocol="item_cold", max_history_len=20, seed=0)],
+                          data_dir)
+    return {"data": data_dir, "work": str(base / "tfx"), "serving": str(base / "serving"),
+            "base": base}
+
+
+def pipeline_args(ws, *extra):
+    import json
+    return ["--data", ws["data"], "--epochs", EPOCHS, "--auc-floor", FLOOR,
+            "--em3-config", json.dumps({"max_history_len": 20, "learning_rate": 0.003}),
+            "--work-dir", ws["work"], "--serving-dir", ws["serving"], *extra]
+
+
+def pipeline_summary(ws):
+    from pipelines import local_runner
+    config = local_runner.config_from_args(local_runner.parse_args(pipeline_args(ws)))
+    return local_runner.summarize(config), config
+
+
+@pytest.fixture(scope="session")
+def pushed_pipeline(workspace):
+    """`(summary, PipelineConfig)` after one blessed, pushed pipeline run."""
+    from pipelines import local_runner
+    local_runner.main(pipeline_args(workspace))
+    return pipeline_summary(workspace)
+
+
 def first_rows(data, split, n):
     return {k: v[:n] for k, v in data.model_features(split).items()}
 

@@ -7,7 +7,8 @@
       summary.json                          counts per protocol and split
 
 Each tf.Example holds the raw model features (`em3_tf.features`) plus, for analysis only,
-`timestamp`, `is_cold_item` (0/1: the item has no training interaction) and `history_length`.
+`timestamp`, `is_cold_item` (0/1: the item has no training interaction), `history_length` and
+`user_activity_bucket` (0: no earlier item, 1: 1-4, 2: 5-19, 3: 20-49, 4: 50 or more).
 """
 
 import json
@@ -23,7 +24,9 @@ from em3_tf.data.dataset import RankingData
 from em3_tf.data.splits import IS_COLD, SPLITS, TIMESTAMP, summarize
 
 HISTORY_LENGTH = "history_length"
-ANALYSIS_FEATURES = (TIMESTAMP, IS_COLD, HISTORY_LENGTH)
+USER_ACTIVITY = "user_activity_bucket"
+ACTIVITY_EDGES = (1, 5, 20, 50)  # buckets: 0 | 1-4 | 5-19 | 20-49 | 50+ earlier items
+ANALYSIS_FEATURES = (TIMESTAMP, IS_COLD, HISTORY_LENGTH, USER_ACTIVITY)
 FILE_NAME = "examples.tfrecord.gz"
 
 
@@ -33,6 +36,7 @@ def split_features(data: RankingData, split: str) -> Dict[str, np.ndarray]:
     out[TIMESTAMP] = part[TIMESTAMP]
     out[IS_COLD] = part[IS_COLD].astype(np.int64)
     out[HISTORY_LENGTH] = (part[F.HISTORY] != F.PAD_ID).sum(axis=1).astype(np.int64)
+    out[USER_ACTIVITY] = np.digitize(out[HISTORY_LENGTH], ACTIVITY_EDGES).astype(np.int64)
     return out
 
 

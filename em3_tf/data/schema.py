@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Tuple
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from em3_tf import features as F
-from em3_tf.data.records import HISTORY_LENGTH
+from em3_tf.data.records import ACTIVITY_EDGES, HISTORY_LENGTH, USER_ACTIVITY
 from em3_tf.data.splits import IS_COLD, TIMESTAMP
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -63,6 +63,8 @@ def make_schema(context_features: Iterable[str] = (), domains=None,
     add(IS_COLD, 0, 1, "1 = the item has no training interaction (analysis only)",
         training_only=True)
     add(HISTORY_LENGTH, 0, max_history_len, "number of history items (analysis only)",
+        training_only=True)
+    add(USER_ACTIVITY, 0, len(ACTIVITY_EDGES), "bucket of history_length (analysis only)",
         training_only=True)
     return schema
 

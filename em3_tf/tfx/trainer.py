@@ -96,6 +96,23 @@ def run_fn(fn_args):
               callbacks=[RefreshContentCache(),
                          keras.callbacks.TensorBoard(fn_args.model_run_dir, update_freq="epoch")],
               verbose=2)
+    warmup = _warmup_examples(vocabularies, catalog, context)
     export_saved_model(model, fn_args.serving_model_dir, transform_output=tft_output,
-                       warmup_examples=_warmup_examples(vocabularies, catalog, context),
-                       model_name=custom.get("model_name", "em3"))
+                       warmup_examples=warmup, model_name=custom.get("model_name", "em3"))
+    check_export(model, tft_output, fn_args.serving_model_dir, warmup)
+
+
+def check_export(model, tft_output, export_dir, serialized, tolerance=1e-5):
+    """Fails the run unless the exported `serving_default` scores `serialized` exactly like
+    the in-memory Keras model (raw parse + transform graph + model) does."""
+    raw_spec = {n: s for n, s in tft_output.raw_feature_spec().items()
+                if n in F.scalar_features(model.config.context_features) + (F.HISTORY,)}
+    raw = tf.io.parse_example(tf.constant(serialized), raw_spec)
+    expected = model(tft_output.transform_features_layer()(raw)).numpy()
+    served = tf.saved_model.load(export_dir).signatures["serving_default"](
+        examples=tf.constant(serialized))["scores"].numpy()
+    difference = float(np.abs(expected - served).max())
+    print(f"export check: max |in-memory - served| = {difference:.2e}", flush=True)
+    if not difference <= tolerance:
+        raise RuntimeError(f"The exported model's scores differ from the in-memory model's by "
+                           f"{difference} > {tolerance}; the export is not trustworthy.")

@@ -1,0 +1,192 @@
+"""gRPC client of an EM3 model served by TensorFlow Serving (or `serving.local_server`).
+
+Library:
+    client = EM3Client("localhost:8500", model_name="em3")
+    ranked = client.rank({"user_id": 7, "history_item_ids": [50, 181], "user_age_bucket": 2,
+                          "user_gender": 1, "user_occupation": 4}, candidates=[1, 2, 3])
+    client.metadata(); client.status()
+
+CLI:
+    python -m serving.client --target localhost:8500 rank --user-id 7 --history 50,181 \\
+        --context user_age_bucket=2 --context user_gender=1 --candidates 1,2,3
+    python -m serving.client --target localhost:8500 metadata
+    python -m serving.client --target localhost:8500 status
+
+One Predict call per `rank` (one tf.Example per candidate, on the official
+`tensorflow_serving.apis` stubs); retries with exponential backoff on UNAVAILABLE.
+"""
+
+import argparse
+import json
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+
+from em3_tf import features as F
+from em3_tf._tf import tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+
+class ServingClientError(RuntimeError):
+    """A failed call; `code` is the gRPC status code, the message the server's."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+
+
+class EM3Client:
+    """Scores one user against candidate items through the TF Serving gRPC API.
+
+    Args:
+      target: `host:port` of the model server.
+      model_name: served model name.
+      version, version_label: pin a version or a label (`stable`, `canary`); default newest.
+      signature_name: the serialized-tf.Example signature.
+      timeout_s: deadline of each call.
+      retries: extra attempts on UNAVAILABLE, with `backoff_s * 2**attempt` sleeps.
+    """
+
+    def __init__(self, target="localhost:8500", model_name="em3", version: Optional[int] = None,
+                 version_label: Optional[str] = None, signature_name="serving_default",
+                 timeout_s=5.0, retries=3, backoff_s=0.1):
+        if version is not None and version_label:
+            raise ValueError("Give at most one of `version` and `version_label`.")
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0:
+            raise ValueError("`timeout_s` must be > 0, `retries` and `backoff_s` >= 0.")
+        self.target, self.model_name = target, model_name
+        self.version, self.version_label = version, version_label
+        self.signature_name = signature_name
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.channel = grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 << 20),
+                             ("grpc.max_send_message_length", 64 << 20)])
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def close(self):
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _spec(self, signature_name=None):
+        spec = model_pb2.ModelSpec(name=self.model_name,
+                                   signature_name=signature_name or "")
+        if self.version is not None:
+            spec.version.value = self.version
+        elif self.version_label:
+            spec.version_label = self.version_label
+        return spec
+
+    def _call(self, method, request):
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout_s)
+            except grpc.RpcError as error:
+                code = error.code()
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(self.backoff_s * 2 ** attempt)
+                    continue
+                raise ServingClientError(code, error.details() or "") from None
+        raise AssertionError("unreachable")
+
+    def predict_examples(self, serialized: Sequence[bytes]) -> Tuple[np.ndarray, int]:
+        """Scores serialized tf.Examples; returns `(scores [n], served version)`."""
+        request = predict_pb2.PredictRequest(model_spec=self._spec(self.signature_name))
+        request.inputs["examples"].CopyFrom(
+            tf.make_tensor_proto(list(serialized), dtype=tf.string))
+        response = self._call(self.predictions.Predict, request)
+        return (tf.make_ndarray(response.outputs["scores"]).reshape(-1),
+                response.model_spec.version.value)
+
+    def rank(self, user: Dict, candidates: Sequence[int]) -> List[Tuple[int, float]]:
+        """`[(item_id, score)]` of `candidates` for `user`, best first.
+
+        `user` holds `user_id`, `history_item_ids` (most recent first) and the model's
+        context features; every candidate becomes one tf.Example of one Predict call.
+        """
+        if not len(candidates):
+            raise ValueError("`candidates` is empty.")
+        if F.USER_ID not in user:
+            raise ValueError(f"`user` needs '{F.USER_ID}'.")
+        n = len(candidates)
+        history = np.asarray(list(user.get(F.HISTORY, [])), np.int64).reshape(1, -1)
+        rows = {name: np.full(n, int(value), np.int64) for name, value in user.items()
+                if name != F.HISTORY}
+        rows[F.ITEM_ID] = np.asarray(candidates, np.int64)
+        rows[F.HISTORY] = np.repeat(history, n, axis=0)
+        scores, _ = self.predict_examples(F.to_examples(rows))
+        order = np.argsort(-scores, kind="stable")
+        return [(int(candidates[i]), float(scores[i])) for i in order]
+
+    def metadata(self) -> Dict:
+        """`{signature: {"inputs": {...}, "outputs": {...}, "method": ...}}` of the model."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=self._spec(), metadata_field=["signature_def"])
+        response = self._call(self.predictions.GetModelMetadata, request)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return {"version": response.model_spec.version.value, "signatures": {
+            key: {"method": d.method_name,
+                  "inputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in d.inputs.items()},
+                  "outputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in d.outputs.items()}}
+            for key, d in signatures.signature_def.items()}}
+
+    def status(self) -> List[Dict]:
+        """`[{"version", "state", "error"}]` of the model's versions."""
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._spec())
+        response = self._call(self.models.GetModelStatus, request)
+        return [{"version": s.version,
+                 "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                 "error": s.status.error_message}
+                for s in response.model_version_status]
+
+
+def _ints(text):
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="localhost:8500")
+    p.add_argument("--model-name", default="em3")
+    p.add_argument("--version", type=int)
+    p.add_argument("--version-label")
+    p.add_argument("--timeout", type=float, default=5.0)
+    sub = p.add_subparsers(dest="command", required=True)
+    rank = sub.add_parser("rank", help="score one user against candidate items")
+    rank.add_argument("--user-id", type=int, required=True)
+    rank.add_argument("--history", type=_ints, default=[], help="item ids, most recent first")
+    rank.add_argument("--candidates", type=_ints, required=True)
+    rank.add_argument("--context", action="append", default=[], metavar="NAME=INT")
+    sub.add_parser("metadata", help="GetModelMetadata")
+    sub.add_parser("status", help="GetModelStatus")
+    args = p.parse_args(argv)
+    with EM3Client(args.target, args.model_name, args.version, args.version_label,
+                   timeout_s=args.timeout) as client:
+        try:
+            if args.command == "rank":
+                user = {F.USER_ID: args.user_id, F.HISTORY: args.history}
+                user.update({k: int(v) for k, v in (c.split("=", 1) for c in args.context)})
+                result = client.rank(user, args.candidates)
+            else:
+                result = client.metadata() if args.command == "metadata" else client.status()
+        except ServingClientError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The TFX pipeline end to end on small SYNTHETIC data (LocalDagRunner, in a temp dir)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from em3_tf import features as F
+from em3_tf._tf import tf
+from conftest import FLOOR, pipeline_args, pipeline_summary
+from em3_tf.data import records
+from pipelines import local_runner
+
+def test_first_run_is_blessed_and_pushed(pushed_pipeline):
+    summary, config = pushed_pipeline
+    assert summary["blessed"] and summary["pushed"]
+    assert len(summary["serving_versions"]) == 1
+    version_dir = os.path.join(config.push_base, summary["serving_versions"][0])
+    for name in ("saved_model.pb", "variables", "assets.extra/tf_serving_warmup_requests"):
+        assert os.path.exists(os.path.join(version_dir, name)), name
+    evaluation = summary["evaluation"]
+    assert evaluation["overall"]["auc"] >= float(FLOOR)
+    assert evaluation["cold_items"]["example_count"] > 1000
+    assert evaluation["cold_items"]["auc"] > 0.55
+
+
+def test_pushed_model_scores_equal_the_keras_model(pushed_pipeline):
+    """Served scores = the Keras model rebuilt from the pushed weights, fed the raw examples
+    through the pipeline's transform graph (tolerance 1e-5)."""
+    import tensorflow_transform as tft
+
+    from em3_tf.catalog import ItemCatalog
+    from em3_tf.export import load_config
+    from em3_tf.models.ranker import EM3Ranker
+    from em3_tf.tfx.trainer import transformed_vocabularies
+
+    summary, config = pushed_pipeline
+    version_dir = os.path.join(config.push_base, summary["serving_versions"][0])
+    tft_output = tft.TFTransformOutput(summary["artifacts"]["Transform/transform_graph"])
+    em3_config = load_config(version_dir)
+    model = EM3Ranker(em3_config, transformed_vocabularies(
+        tft_output, F.scalar_features(em3_config.context_features)),
+        ItemCatalog.load(summary["artifacts"]["ItemCatalogGen/item_catalog"]))
+    test = records.read_split(config.data_dir, config.protocol, "test")
+    rows = {k: test[k][:64] for k in F.scalar_features() + (F.HISTORY,)}
+    serialized = F.to_examples(rows)
+    raw = tf.io.parse_example(tf.constant(serialized), {
+        n: s for n, s in tft_output.raw_feature_spec().items() if n in rows})
+    transformed = tft_output.transform_features_layer()(raw)
+    model(transformed)
+    tf.train.Checkpoint(model=model).read(
+        os.path.join(version_dir, "variables", "variables")).expect_partial()
+    expected = model(transformed).numpy()
+    served = tf.saved_model.load(version_dir).signatures["serving_default"](
+        examples=tf.constant(serialized))["scores"].numpy()
+    assert np.abs(expected - 0.5).max() > 1e-3  # a trained model, not a constant
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_a_worse_model_is_not_blessed_and_the_pushed_version_stays(pushed_pipeline, workspace):
+    before = pushed_pipeline[0]["serving_versions"]
+    worse = pipeline_args(workspace)
+    worse[worse.index("--em3-config") + 1] = json.dumps(
+        {"max_history_len": 20, "learning_rate": 0.0})  # the model stays untrained
+    local_runner.main(worse)
+    summary, _ = pipeline_summary(workspace)
+    assert summary["blessed"] is False and summary["pushed"] is False
+    assert summary["serving_versions"] == before
+
+
+def test_schema_anomaly_stops_the_run_before_training(workspace):
+    from pipelines.components import DataAnomalyError
+
+    bad = str(workspace["base"] / "bad-data")
+    shutil.copytree(workspace["data"], bad)
+    path = os.path.join(bad, "item_cold", "eval", records.FILE_NAME)
+    rows = records.read_split(bad, "item_cold", "eval")
+    rows.pop("history_length")  # a feature the schema requires goes missing
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for record in F.to_examples(rows):
+            writer.write(record)
+    args = pipeline_args(workspace) + ["--pipeline-name", "em3-bad-data"]
+    args[args.index("--data") + 1] = bad
+    args[args.index("--serving-dir") + 1] = str(workspace["base"] / "bad-serving")
+    with pytest.raises(Exception) as error:
+        local_runner.main(args)
+    chain, e = [], error.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    message = "\n".join(str(x) for x in chain)
+    assert any(isinstance(x, DataAnomalyError) for x in chain) or "history_length" in message
+    root = os.path.join(workspace["work"], "em3-bad-data", "root")
+    assert not os.path.exists(os.path.join(root, "EM3Trainer"))
+    assert not os.path.exists(str(workspace["base"] / "bad-serving"))
+
+
+def test_mirrored_strategy_on_two_logical_cpus(pushed_pipeline, workspace):
+    """A few training steps under MirroredStrategy through the same run_fn (subprocess, as
+    logical devices must be set before TensorFlow starts)."""
+    args = pipeline_args(workspace) + ["--distribute", "mirrored", "--logical-cpus", "2",
+                                       "--serving-dir",
+                                       str(workspace["base"] / "mirrored-serving")]
+    args[args.index("--epochs") + 1] = "1"
+    out = subprocess.run([sys.executable, "-m", "pipelines.local_runner", *args],
+                         capture_output=True, text=True, timeout=900)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "2 replica(s) (MirroredStrategy)" in log
+    assert "export check: max |in-memory - served|" in log
+
+
+def test_kubeflow_v2_spec_compiles(workspace, tmp_path):
+    from pipelines import kubeflow_runner
+
+    output = str(tmp_path / "em3.json")
+    kubeflow_runner.main(["--data-dir", workspace["data"], "--output", output,
+                          "--pipeline-root", "gs://example-bucket/em3",
+                          "--image", "example.registry/em3-tf:0.1.0"])
+    with open(output) as f:
+        spec = json.load(f)
+    assert {"displayName", "pipelineSpec", "runtimeConfig"} <= set(spec)
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    for name in ("ImportExampleGen", "Transform", "EM3Trainer", "Evaluator", "Pusher",
+                 "ItemCatalogGen", "AnomaliesGate"):
+        assert name in tasks, sorted(tasks)
+    executors = json.dumps(spec["pipelineSpec"]["deploymentSpec"])
+    assert "example.registry/em3-tf:0.1.0" in executors
