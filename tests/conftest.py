@@ -70,3 +70,39 @@ def first_rows(data, split, n):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def keras_scorer(summary, config):
+    """`score(rows) -> np.ndarray`: the Keras EM3Ranker rebuilt with the newest pushed
+    version's weights, fed raw feature rows through the pipeline's transform graph."""
+    import os
+
+    import tensorflow_transform as tft
+
+    from em3_tf import features as F
+    from em3_tf.catalog import ItemCatalog
+    from em3_tf.export import load_config
+    from em3_tf.models.ranker import EM3Ranker
+    from em3_tf.tfx.trainer import transformed_vocabularies
+
+    version_dir = os.path.join(config.push_base, summary["serving_versions"][-1])
+    tft_output = tft.TFTransformOutput(summary["artifacts"]["Transform/transform_graph"])
+    em3_config = load_config(version_dir)
+    model = EM3Ranker(em3_config, transformed_vocabularies(
+        tft_output, F.scalar_features(em3_config.context_features)),
+        ItemCatalog.load(summary["artifacts"]["ItemCatalogGen/item_catalog"]))
+    layer = tft_output.transform_features_layer()
+    spec = tft_output.raw_feature_spec()
+
+    def score(rows):
+        serialized = tf.constant(F.to_examples(rows))
+        raw = tf.io.parse_example(serialized, {n: s for n, s in spec.items() if n in rows})
+        return model(layer(raw)).numpy()
+
+    score.model = model
+    first = {"user_id": np.array([1]), "item_id": np.array([1]),
+             "history_item_ids": np.array([[1]])}
+    score(first)  # builds the variables
+    tf.train.Checkpoint(model=model).read(
+        os.path.join(version_dir, "variables", "variables")).expect_partial()
+    return score

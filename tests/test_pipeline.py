@@ -11,7 +11,7 @@ import pytest
 
 from em3_tf import features as F
 from em3_tf._tf import tf
-from conftest import FLOOR, pipeline_args, pipeline_summary
+from conftest import FLOOR, keras_scorer, pipeline_args, pipeline_summary
 from em3_tf.data import records
 from pipelines import local_runner
 
@@ -31,32 +31,14 @@ def test_first_run_is_blessed_and_pushed(pushed_pipeline):
 def test_pushed_model_scores_equal_the_keras_model(pushed_pipeline):
     """Served scores = the Keras model rebuilt from the pushed weights, fed the raw examples
     through the pipeline's transform graph (tolerance 1e-5)."""
-    import tensorflow_transform as tft
-
-    from em3_tf.catalog import ItemCatalog
-    from em3_tf.export import load_config
-    from em3_tf.models.ranker import EM3Ranker
-    from em3_tf.tfx.trainer import transformed_vocabularies
-
     summary, config = pushed_pipeline
-    version_dir = os.path.join(config.push_base, summary["serving_versions"][0])
-    tft_output = tft.TFTransformOutput(summary["artifacts"]["Transform/transform_graph"])
-    em3_config = load_config(version_dir)
-    model = EM3Ranker(em3_config, transformed_vocabularies(
-        tft_output, F.scalar_features(em3_config.context_features)),
-        ItemCatalog.load(summary["artifacts"]["ItemCatalogGen/item_catalog"]))
+    score = keras_scorer(summary, config)
     test = records.read_split(config.data_dir, config.protocol, "test")
     rows = {k: test[k][:64] for k in F.scalar_features() + (F.HISTORY,)}
-    serialized = F.to_examples(rows)
-    raw = tf.io.parse_example(tf.constant(serialized), {
-        n: s for n, s in tft_output.raw_feature_spec().items() if n in rows})
-    transformed = tft_output.transform_features_layer()(raw)
-    model(transformed)
-    tf.train.Checkpoint(model=model).read(
-        os.path.join(version_dir, "variables", "variables")).expect_partial()
-    expected = model(transformed).numpy()
+    expected = score(rows)
+    version_dir = os.path.join(config.push_base, summary["serving_versions"][0])
     served = tf.saved_model.load(version_dir).signatures["serving_default"](
-        examples=tf.constant(serialized))["scores"].numpy()
+        examples=tf.constant(F.to_examples(rows)))["scores"].numpy()
     assert np.abs(expected - 0.5).max() > 1e-3  # a trained model, not a constant
     np.testing.assert_allclose(served, expected, atol=1e-5)
 

@@ -1,0 +1,250 @@
+"""Serving through TF Serving's gRPC API, official stubs only, against the pipeline's push.
+
+Every test runs against the local stand-in server; when `tensorflow_model_server` is on PATH
+the same tests run against it too, otherwise those cases are skipped with that reason.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import keras_scorer
+from em3_tf import features as F
+from em3_tf._tf import tf
+from em3_tf.data import records
+from serving.client import EM3Client, ServingClientError
+from serving.local_server import serve, single_model_config
+from tensorflow_serving.apis import (classification_pb2, model_pb2, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
+
+BINARY = shutil.which("tensorflow_model_server")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_copy(pushed_pipeline, tmp_path_factory):
+    """A private copy of the pushed base directory (tests push new versions into it)."""
+    summary, config = pushed_pipeline
+    base = tmp_path_factory.mktemp("served") / "em3"
+    shutil.copytree(config.push_base, base)
+    return str(base)
+
+
+@pytest.fixture(scope="module", params=["local", "tensorflow_model_server"])
+def server(request, served_copy):
+    if request.param == "local":
+        srv = serve(single_model_config("em3", served_copy), port=0, poll_s=0.2,
+                    max_message_bytes=4 << 20)
+        yield f"127.0.0.1:{srv.port}"
+        srv.stop(0)
+        return
+    if BINARY is None:
+        pytest.skip("tensorflow_model_server is not on PATH (not installable here); the "
+                    "local stand-in server ran these tests")
+    port = _free_port()
+    proc = subprocess.Popen([BINARY, f"--port={port}", "--model_name=em3",
+                             f"--model_base_path={served_copy}",
+                             "--file_system_poll_wait_seconds=1", "--rest_api_port=0",
+                             "--grpc_channel_arguments=grpc.max_receive_message_length=4194304"])
+    target = f"127.0.0.1:{port}"
+    EM3Client(target, timeout_s=60, retries=8, backoff_s=0.5).status()
+    yield target
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def request_rows(pushed_pipeline):
+    _, config = pushed_pipeline
+    test = records.read_split(config.data_dir, config.protocol, "test")
+    return test
+
+
+def _user_and_candidates(test, row=0, n=20):
+    history = test[F.HISTORY][row]
+    user = {F.USER_ID: int(test[F.USER_ID][row]),
+            F.HISTORY: [int(i) for i in history[history != F.PAD_ID]]}
+    return user, [int(i) for i in test[F.ITEM_ID][:n]]
+
+
+def test_scores_equal_the_keras_model(server, pushed_pipeline, request_rows):
+    summary, config = pushed_pipeline
+    score = keras_scorer(summary, config)
+    user, candidates = _user_and_candidates(request_rows, row=5)
+    with EM3Client(server) as client:
+        ranked = dict(client.rank(user, candidates))
+    rows = {F.USER_ID: np.full(len(candidates), user[F.USER_ID]),
+            F.ITEM_ID: np.array(candidates),
+            F.HISTORY: np.tile(np.array(user[F.HISTORY]), (len(candidates), 1))}
+    expected = score(rows)
+    served = np.array([ranked[c] for c in candidates])
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    order = [item for item, _ in EM3Client(server).rank(user, candidates)]
+    assert [ranked[i] for i in order] == sorted(ranked.values(), reverse=True)
+
+
+def test_cold_items_are_scored_from_their_content(server, request_rows):
+    test = request_rows
+    cold = np.unique(test[F.ITEM_ID][test["is_cold_item"] == 1])[:20]
+    user, _ = _user_and_candidates(test, row=3)
+    with EM3Client(server) as client:
+        scores = np.array([s for _, s in client.rank(user, [int(i) for i in cold])])
+    # Every cold item shares the ID model's OOV bucket: differences come from content alone.
+    assert np.all((scores > 0) & (scores < 1))
+    assert scores.std() > 1e-3
+
+
+def test_metadata_and_status(server):
+    with EM3Client(server) as client:
+        metadata = client.metadata()
+        status = client.status()
+    default = metadata["signatures"]["serving_default"]
+    assert default["inputs"] == {"examples": "string"}
+    assert default["outputs"] == {"scores": "float32"}
+    assert metadata["signatures"]["regress"]["method"] == "tensorflow/serving/regress"
+    assert any(s["state"] == "AVAILABLE" for s in status)
+
+
+def test_classify_and_regress(server, request_rows):
+    user, candidates = _user_and_candidates(request_rows, n=4)
+    rows = {F.USER_ID: np.full(4, user[F.USER_ID]), F.ITEM_ID: np.array(candidates),
+            F.HISTORY: np.tile(np.array(user[F.HISTORY]), (4, 1))}
+    examples = [tf.train.Example.FromString(s) for s in F.to_examples(rows)]
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server))
+    regress = regression_pb2.RegressionRequest(
+        model_spec=model_pb2.ModelSpec(name="em3", signature_name="regress"))
+    regress.input.example_list.examples.extend(examples)
+    values = [r.value for r in stub.Regress(regress, timeout=10).result.regressions]
+    classify = classification_pb2.ClassificationRequest(
+        model_spec=model_pb2.ModelSpec(name="em3", signature_name="classify"))
+    classify.input.example_list.examples.extend(examples)
+    result = stub.Classify(classify, timeout=10).result.classifications
+    np.testing.assert_allclose([c.classes[1].score for c in result], values, atol=1e-6)
+    scores = dict(EM3Client(server).rank(user, candidates))
+    np.testing.assert_allclose(values, [scores[c] for c in candidates], atol=1e-6)
+    wrong = regression_pb2.RegressionRequest(model_spec=model_pb2.ModelSpec(name="em3"))
+    wrong.input.example_list.examples.extend(examples)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Regress(wrong, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _predict(server, inputs, name="em3", version=None):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server))
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name))
+    if version is not None:
+        request.model_spec.version.value = version
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(value)
+    return stub.Predict(request, timeout=10)
+
+
+def _examples(values):
+    return tf.make_tensor_proto(values, dtype=tf.string)
+
+
+@pytest.mark.parametrize("case", ["malformed", "missing_feature", "mistyped_feature",
+                                  "unknown_model", "unknown_version", "empty", "oversized",
+                                  "wrong_input_name"])
+def test_bad_input_gets_its_status_and_the_server_keeps_serving(server, request_rows, case):
+    user, candidates = _user_and_candidates(request_rows, n=3)
+    rows = {F.USER_ID: np.full(3, user[F.USER_ID]), F.ITEM_ID: np.array(candidates),
+            F.HISTORY: np.tile(np.array(user[F.HISTORY]), (3, 1))}
+    good = F.to_examples(rows)
+    no_item = F.to_examples({k: v for k, v in rows.items() if k != F.ITEM_ID})
+    typed = tf.train.Example.FromString(good[0])
+    typed.features.feature[F.ITEM_ID].Clear()
+    typed.features.feature[F.ITEM_ID].float_list.value.append(1.5)
+    cases = {
+        "malformed": ({"examples": _examples([b"\xff\x00 not a tf.Example"])}, {},
+                      grpc.StatusCode.INVALID_ARGUMENT, ""),
+        "missing_feature": ({"examples": _examples(no_item)}, {},
+                            grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+        "mistyped_feature": ({"examples": _examples([typed.SerializeToString()])}, {},
+                             grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+        "unknown_model": ({"examples": _examples(good)}, {"name": "nope"},
+                          grpc.StatusCode.NOT_FOUND, "nope"),
+        "unknown_version": ({"examples": _examples(good)}, {"version": 12345},
+                            grpc.StatusCode.NOT_FOUND, "12345"),
+        "empty": ({"examples": _examples(np.array([], dtype=object))}, {},
+                  grpc.StatusCode.INVALID_ARGUMENT, ""),
+        "oversized": ({"examples": _examples([b"x" * (5 << 20)])}, {},
+                      grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+        "wrong_input_name": ({"inputs": _examples(good)}, {},
+                             grpc.StatusCode.INVALID_ARGUMENT, ""),
+    }
+    inputs, spec, code, needle = cases[case]
+    with pytest.raises(grpc.RpcError) as error:
+        _predict(server, inputs, **spec)
+    assert error.value.code() == code, error.value.details()
+    assert needle in (error.value.details() or "")
+    response = _predict(server, {"examples": _examples(good)})  # still serving
+    assert len(tf.make_ndarray(response.outputs["scores"])) == 3
+
+
+def test_client_retries_unavailable_then_reports_it():
+    port = _free_port()  # nothing listens there
+    client = EM3Client(f"127.0.0.1:{port}", timeout_s=1, retries=2, backoff_s=0.05)
+    start = time.monotonic()
+    with pytest.raises(ServingClientError) as error:
+        client.status()
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - start >= 0.05 + 0.1  # two backoff sleeps happened
+
+
+def test_new_version_is_picked_up_under_load_without_failures(server, served_copy,
+                                                              request_rows):
+    """Push a new version while a bounded load loop runs: zero failures, new version after."""
+    versions = sorted(int(v) for v in os.listdir(served_copy))
+    new_version = versions[-1] + 1
+    user, candidates = _user_and_candidates(request_rows, n=10)
+    failures, served_versions, stop = [], [], threading.Event()
+
+    def load():
+        client = EM3Client(server, timeout_s=10, retries=0)
+        rows = {F.USER_ID: np.full(10, user[F.USER_ID]), F.ITEM_ID: np.array(candidates),
+                F.HISTORY: np.tile(np.array(user[F.HISTORY]), (10, 1))}
+        serialized = F.to_examples(rows)
+        deadline = time.monotonic() + 60
+        for _ in range(5000):
+            if stop.is_set() or time.monotonic() > deadline:
+                break
+            try:
+                served_versions.append(client.predict_examples(serialized)[1])
+            except ServingClientError as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    # Push like TFX's Pusher: everything first, saved_model.pb last.
+    source = os.path.join(served_copy, str(versions[-1]))
+    target = os.path.join(served_copy, str(new_version))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("saved_model.pb"))
+    time.sleep(0.5)  # a half-written version sits there: it must not be loaded
+    shutil.copy(os.path.join(source, "saved_model.pb"), os.path.join(target, "saved_model.pb"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not served_versions
+                                           or served_versions[-1] != new_version):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert len(served_versions) > 20
+    assert served_versions[-1] == new_version
+    assert set(served_versions) <= set(versions) | {new_version}
