@@ -5,7 +5,7 @@
 1. Training throughput (examples/second, after a warm-up) of EM3 vs the ID-only DCN baseline
    on SYNTHETIC data (batch 256, history 50).
 2. The history branch alone (history content encoding + content-interest attention, forward,
-   backward and Adam update) for history lengths 50, 200 and 1000: LoRA (only adapters train,
+   backward and Adam update) for history lengths 50, 200, 1000 and 2000: LoRA (only adapters train,
    base weights stop-gradient) vs full training vs frozen cache; median step time, peak
    resident memory growth, and trainable parameters. Each case runs in its own process so that
    peak memory is its own. History items are NOT de-duplicated here (`dedupe_history=False`),
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-HISTORY_LENGTHS = (50, 200, 1000)
+HISTORY_LENGTHS = (50, 200, 1000, 2000)
 MODES = ("lora", "full", "cache")
 
 
@@ -147,19 +147,8 @@ def main():
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
-    print(markdown(results))
-
-
-def markdown(results):
-    lines = [f"Machine: {results['machine']}", "",
-             "| model | examples/s (batch 256, history 50) |", "|---|---|"]
-    lines += [f"| {r['preset']} | {r['examples_per_second']} |" for r in results["throughput"]]
-    lines += ["", "| history length | mode | step ms (median) | peak RSS growth MB | "
-                  "trainable params reached |", "|---|---|---|---|---|"]
-    lines += [f"| {r['history_length']} | {r['mode']} | {r['step_ms_median']} | "
-              f"{r['peak_rss_growth_mb']} | {r['trainable_params_reached']} |"
-              for r in results["history_branch"]]
-    return "\n".join(lines)
+    from benchmarks.report import model_markdown
+    print(model_markdown(results))
 
 
 if __name__ == "__main__":

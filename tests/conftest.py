@@ -100,9 +100,10 @@ def keras_scorer(summary, config):
         return model(layer(raw)).numpy()
 
     score.model = model
-    first = {"user_id": np.array([1]), "item_id": np.array([1]),
-             "history_item_ids": np.array([[1]])}
+    first = {name: np.array([1]) for name in F.scalar_features(em3_config.context_features)}
+    first[F.HISTORY] = np.array([[1]])
     score(first)  # builds the variables
-    tf.train.Checkpoint(model=model).read(
-        os.path.join(version_dir, "variables", "variables")).expect_partial()
+    status = tf.train.Checkpoint(root=model).read(
+        os.path.join(version_dir, "variables", "variables"))
+    status.expect_partial().assert_existing_objects_matched()
     return score

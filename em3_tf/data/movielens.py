@@ -135,7 +135,7 @@ def encode_catalog(items: pd.DataFrame, text_preset=None, text_length=24, cache_
 
     preset = text_preset or default_text_preset()
     texts = [item_text(t, g) for t, g in zip(items["title"], items["genres"])]
-    key = hashlib.sha256(repr((texts, list(items[F.ITEM_ID]), list(items["year"]),
+    key = hashlib.sha256(repr(("catalog-v2", texts, list(items[F.ITEM_ID]), list(items["year"]),
                                os.path.abspath(preset), text_length)).encode()).hexdigest()[:16]
     path = cache_dir and os.path.join(cache_dir, f"catalog-{key}")
     if path and os.path.exists(os.path.join(path, "catalog.npz")):
@@ -148,7 +148,7 @@ def encode_catalog(items: pd.DataFrame, text_preset=None, text_length=24, cache_
     values = [list(g) + [_decade(int(y))] for g, y in zip(items["genres"], items["year"])]
     attrs, attr_mask = attribute_tokens(values, genres + decades,
                                         max(len(v) for v in values))
-    main_genre = np.array([genres.index(g[0]) if len(g) else -1 for g in items["genres"]])
+    main_genre = np.array([g[0] if len(g) else "none" for g in items["genres"]])
     catalog = ItemCatalog(items[F.ITEM_ID].to_numpy(), {"text": text, "attributes": attrs},
                           {"text": text_mask, "attributes": attr_mask},
                           {"main_genre": main_genre, "year": items["year"].to_numpy()})

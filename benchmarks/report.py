@@ -1,0 +1,203 @@
+"""Plots and README tables from the benchmarks' own output files (no hand-typed numbers).
+
+    .venv/bin/python -m benchmarks.report [--results benchmarks/results] [--readme README.md]
+
+Reads `quality.json`, `model.json`, `embeddings.npz` and `pipeline_run.json` where present,
+writes `auc_bars.png`, `cost_curves.png`, `embeddings.png`, and replaces the README blocks
+between `<!-- NAME:start -->` and `<!-- NAME:end -->` markers.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+
+LABELS = {"id_dcn": "ID-only DCN", "id_din": "ID-only DIN", "frozen_content":
+          "frozen content + DCN", "em3": "EM3", "em3_no_qformer": "EM3 w/o Q-Former",
+          "em3_no_lora": "EM3 w/o LoRA", "em3_no_cic": "EM3 w/o CIC",
+          "em3_cached": "EM3, cached history"}
+
+
+def _cell(entry, metric, digits=4):
+    if metric not in entry:
+        return "-"
+    m = entry[metric]
+    return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}" if m["n"] > 1 else \
+        f"{m['mean']:.{digits}f}"
+
+
+def quality_markdown(result) -> str:
+    table = result["table"]
+    temporal, cold = table.get("temporal", {}), table.get("item_cold", {})
+    lines = [f"Data: {result['data']} (MovieLens-100K), test split; {result['epochs']} epochs, "
+             f"batch {result['batch_size']}, seeds {result['seeds']} (mean ± std over seeds).",
+             "",
+             "| variant | AUC (temporal) | GAUC (temporal) | log-loss (temporal) | AUC warm items "
+             "(temporal) | AUC cold items (item-cold) | log-loss cold items (item-cold) | "
+             "train s (temporal) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for preset in result["presets"]:
+        t, c = temporal.get(preset, {}), cold.get(preset, {})
+        lines.append(f"| {LABELS.get(preset, preset)} | {_cell(t, 'auc')} | {_cell(t, 'gauc')} "
+                     f"| {_cell(t, 'logloss')} | {_cell(t, 'warm_auc')} | {_cell(c, 'cold_auc')}"
+                     f" | {_cell(c, 'cold_logloss')} | {_cell(t, 'train_seconds', 0)} |")
+    return "\n".join(lines)
+
+
+def model_markdown(results) -> str:
+    lines = [f"Machine: {results['machine']}", "",
+             "| model | training examples/s (batch 256, history 50) |", "|---|---|"]
+    lines += [f"| {LABELS.get(r['preset'], r['preset'])} | {r['examples_per_second']} |"
+              for r in results["throughput"]]
+    lines += ["", "History branch alone (batch 16, forward + backward + Adam, no de-duplication):",
+              "", "| history length | mode | step ms (median) | peak RSS growth MB | "
+                  "trainable params reached |", "|---|---|---|---|---|"]
+    lines += [f"| {r['history_length']} | {r['mode']} | {r['step_ms_median']} | "
+              f"{r['peak_rss_growth_mb']} | {r['trainable_params_reached']} |"
+              for r in results["history_branch"]]
+    return "\n".join(lines)
+
+
+def plot_auc_bars(result, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    presets = result["presets"]
+    panels = [("temporal", "auc", "Test AUC, temporal split (all rows)"),
+              ("item_cold", "cold_auc", "Test AUC on cold items, item-cold split")]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, (protocol, metric, title) in zip(axes, panels):
+        rows = result["table"].get(protocol, {})
+        names = [p for p in presets if p in rows]
+        means = [rows[p][metric]["mean"] for p in names]
+        stds = [rows[p][metric]["std"] for p in names]
+        colors = ["#999999" if p.startswith("id_") else "#4c72b0" if p == "em3" else "#8fb0d9"
+                  for p in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=colors)
+        ax.set_xticks(range(len(names)), [LABELS.get(p, p) for p in names], rotation=30,
+                      ha="right")
+        low = min(m - s for m, s in zip(means, stds)) if means else 0.5
+        ax.set_ylim(max(0.4, low - 0.02), max(means) + 0.02 if means else 1)
+        ax.set_title(title)
+        ax.set_ylabel("AUC (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cost_curves(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = results["history_branch"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for mode, style in (("full", "o-"), ("lora", "s-"), ("cache", "^-")):
+        mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["history_length"])
+        x = [r["history_length"] for r in mine]
+        axes[0].plot(x, [r["step_ms_median"] for r in mine], style, label=mode)
+        axes[1].plot(x, [r["peak_rss_growth_mb"] for r in mine], style, label=mode)
+        axes[2].bar(mode, mine[0]["trainable_params_reached"] if mine else 0)
+    for ax, title in zip(axes[:2], ("step time (ms)", "peak RSS growth (MB)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("history length")
+        ax.set_title(f"History branch {title}")
+        ax.legend()
+    axes[2].set_title("Parameters the history branch trains")
+    axes[2].set_yscale("log")
+    fig.suptitle(results["machine"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_embeddings(npz_path, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.manifold import TSNE
+    data = np.load(npz_path)
+    genre = data["genre"].astype(str)
+    top = [g for g, _ in sorted(zip(*np.unique(genre, return_counts=True)),
+                                key=lambda t: -t[1])[:6]]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for ax, key, title in ((axes[0], "before", "Before: frozen pre-extracted content"),
+                           (axes[1], "after", "After: EM3 content embedding (end to end)")):
+        points = TSNE(n_components=2, random_state=0, init="pca",
+                      perplexity=30).fit_transform(data[key].astype(np.float32))
+        for g in top:
+            rows = genre == g
+            ax.scatter(points[rows, 0], points[rows, 1], s=6, label=g, alpha=0.7)
+        rest = ~np.isin(genre, top)
+        ax.scatter(points[rest, 0], points[rest, 1], s=4, c="#cccccc", label="other", alpha=0.5)
+        ax.set_title(title)
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[1].legend(markerscale=3, fontsize=8, title="first listed genre")
+    fig.suptitle("t-SNE of MovieLens-100K item content embeddings", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def replace_block(text, name, body):
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"README has no <!-- {name}:start --> ... <!-- {name}:end --> block.")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--readme", default="README.md")
+    args = p.parse_args(argv)
+    r = args.results
+    with open(args.readme) as f:
+        readme = f.read()
+
+    def load(name):
+        path = os.path.join(r, name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    quality, model, pipeline = load("quality.json"), load("model.json"), load("pipeline_run.json")
+    if quality:
+        plot_auc_bars(quality, os.path.join(r, "auc_bars.png"))
+        readme = replace_block(readme, "results", quality_markdown(quality)
+                               + f"\n\n![AUC per variant]({r}/auc_bars.png)")
+    if model:
+        plot_cost_curves(model, os.path.join(r, "cost_curves.png"))
+        readme = replace_block(readme, "model-bench", model_markdown(model)
+                               + f"\n\n![History-branch cost]({r}/cost_curves.png)")
+    if os.path.exists(os.path.join(r, "embeddings.npz")):
+        plot_embeddings(os.path.join(r, "embeddings.npz"), os.path.join(r, "embeddings.png"))
+        readme = replace_block(readme, "embeddings",
+                               f"![Item content embeddings]({r}/embeddings.png)")
+    if pipeline:
+        readme = replace_block(readme, "pipeline-run", pipeline_markdown(pipeline))
+    with open(args.readme, "w") as f:
+        f.write(readme)
+    print(f"updated {args.readme} and the plots in {r}")
+    return 0
+
+
+def pipeline_markdown(run) -> str:
+    ev = run["evaluation"]
+    lines = [f"Default run (`python -m pipelines.local_runner`, MovieLens-100K, item-cold "
+             f"protocol, eval split) on {run['machine']}: wall time {run['wall_seconds']:.0f} s "
+             f"from raw data (data build {run['build_seconds']:.0f} s included); "
+             f"blessed: {run['blessed']}, pushed: {run['pushed']}.", "",
+             "| slice | examples | AUC | log-loss | calibration |", "|---|---|---|---|---|"]
+    for name in ("overall", "cold_items", "warm_items"):
+        m = ev.get(name) or {}
+        lines.append(f"| {name} | {m.get('example_count', 0):.0f} | {m.get('auc', 0):.4f} | "
+                     f"{m.get('binary_crossentropy', 0):.4f} | {m.get('calibration', 0):.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
