@@ -59,6 +59,16 @@ def model_markdown(results) -> str:
     return "\n".join(lines)
 
 
+def serving_markdown(result) -> str:
+    lines = [f"Machine: {result['machine']}; server: {result['server']}", "",
+             "| model | candidates / request | concurrency | p50 ms | p99 ms | requests/s | "
+             "candidates/s | errors |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {LABELS.get(r['model'], r['model'])} | {r['candidates']} | {r['concurrency']} "
+              f"| {r['p50_ms']} | {r['p99_ms']} | {r['requests_per_s']} | "
+              f"{r['candidates_per_s']} | {r['errors']} |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
 def plot_auc_bars(result, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -164,7 +174,10 @@ def main(argv=None):
         with open(path) as f:
             return json.load(f)
 
-    quality, model, pipeline = load("quality.json"), load("model.json"), load("pipeline_run.json")
+    quality, model = load("quality.json"), load("model.json")
+    pipeline, serving = load("pipeline_run.json"), load("serving.json")
+    if serving:
+        readme = replace_block(readme, "serving-bench", serving_markdown(serving))
     if quality:
         plot_auc_bars(quality, os.path.join(r, "auc_bars.png"))
         readme = replace_block(readme, "results", quality_markdown(quality)

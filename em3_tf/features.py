@@ -43,16 +43,6 @@ def example_spec(context_features: Iterable[str] = (), with_label: bool = True):
     return spec
 
 
-def parse_examples(serialized, context_features=(), max_history_len=None, with_label=False):
-    """Parses serialized tf.Examples (`string [B]`) into a dict of dense batched tensors."""
-    try:
-        parsed = tf.io.parse_example(serialized, example_spec(context_features, with_label))
-    except tf.errors.InvalidArgumentError as error:
-        raise FeatureError(f"Could not parse tf.Example input: {error.message}") from None
-    parsed[HISTORY] = pad_history(parsed[HISTORY], max_history_len)
-    return parsed
-
-
 def pad_history(history, max_history_len=None):
     """Ragged, sparse or dense `[B, <=L]` history -> dense int64 `[B, max_history_len]`.
 

@@ -1,7 +1,7 @@
 """Custom TFX components of the EM3 pipeline.
 
 - `ItemCatalogGen`: publishes the item catalog (content token features of every catalog item)
-  as an `EM3ItemCatalog` artifact, so its lineage is tracked in MLMD like any other input.
+  as an `em3.ItemCatalog` artifact, so its lineage is tracked in MLMD like any other input.
 - `AnomaliesGate`: fails the run, before Transform and training, when ExampleValidator found
   anomalies; its message lists them by split and feature.
 - `EM3Trainer`: TFX's Trainer with one more input channel, `item_catalog`, whose URI reaches
@@ -26,7 +26,7 @@ from em3_tf.tfx.trainer import CATALOG_KEY
 class EM3ItemCatalog(Artifact):
     """An item catalog directory (`catalog.npz`, `catalog.json`), see `em3_tf.catalog`."""
 
-    TYPE_NAME = "EM3ItemCatalog"
+    TYPE_NAME = "em3.ItemCatalog"  # Kubeflow V2 needs "<namespace>.<Name>"
 
 
 @tfx.dsl.components.component

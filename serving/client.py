@@ -139,7 +139,8 @@ class EM3Client:
             key: {"method": d.method_name,
                   "inputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in d.inputs.items()},
                   "outputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in d.outputs.items()}}
-            for key, d in signatures.signature_def.items()}}
+            for key, d in signatures.signature_def.items()
+            if not key.startswith("__")}}  # skips TF's internal __saved_model_init_op
 
     def status(self) -> List[Dict]:
         """`[{"version", "state", "error"}]` of the model's versions."""

@@ -118,6 +118,10 @@ def _run_one(fn, inputs, future):
         future.set_result({k: v.numpy() for k, v in outputs.items()})
     except tf.errors.InvalidArgumentError as error:
         future.set_exception(ServingError(grpc.StatusCode.INVALID_ARGUMENT, error.message))
+    except UnicodeDecodeError:  # TF could not even format its message: the bytes are garbage
+        future.set_exception(ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                          "Could not parse example input: not a serialized "
+                                          "tf.Example"))
     except Exception as error:  # noqa: BLE001
         future.set_exception(ServingError(grpc.StatusCode.INTERNAL, str(error)))
 

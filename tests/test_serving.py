@@ -76,7 +76,7 @@ def _user_and_candidates(test, row=0, n=20):
     history = test[F.HISTORY][row]
     user = {F.USER_ID: int(test[F.USER_ID][row]),
             F.HISTORY: [int(i) for i in history[history != F.PAD_ID]]}
-    return user, [int(i) for i in test[F.ITEM_ID][:n]]
+    return user, list(dict.fromkeys(int(i) for i in test[F.ITEM_ID]))[:n]
 
 
 def test_scores_equal_the_keras_model(server, pushed_pipeline, request_rows):
@@ -92,6 +92,7 @@ def test_scores_equal_the_keras_model(server, pushed_pipeline, request_rows):
     served = np.array([ranked[c] for c in candidates])
     np.testing.assert_allclose(served, expected, atol=1e-5)
     order = [item for item, _ in EM3Client(server).rank(user, candidates)]
+    assert sorted(order) == sorted(candidates)
     assert [ranked[i] for i in order] == sorted(ranked.values(), reverse=True)
 
 
