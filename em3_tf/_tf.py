@@ -24,4 +24,21 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 
 keras = tf.keras
 
-__all__ = ["tf", "tfrs", "keras"]
+
+
+class float32_policy:
+    """Context manager: layers created inside compute in float32 whatever the global policy.
+
+    For TFRS tasks and losses, which take no `dtype` argument and must not run in float16.
+    """
+
+    def __enter__(self):
+        self.previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+
+    def __exit__(self, *exc):
+        keras.mixed_precision.set_global_policy(self.previous)
+        return False
+
+
+__all__ = ["tf", "tfrs", "keras", "float32_policy"]

@@ -5,7 +5,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from em3_tf import features as F
-from em3_tf._tf import keras, tf, tfrs
+from em3_tf._tf import float32_policy, keras, tf, tfrs
 from em3_tf.catalog import ItemCatalog
 from em3_tf.config import EM3Config
 from em3_tf.layers.content_encoder import ItemContentEncoder
@@ -102,11 +102,12 @@ class EM3Ranker(tfrs.Model):
              for layer in (keras.layers.Dense(units, activation="relu"),
                            keras.layers.Dropout(config.dropout))], name="mlp")
         self.logit = keras.layers.Dense(1, name="logit")
-        self.task = tfrs.tasks.Ranking(
-            loss=keras.losses.BinaryCrossentropy(from_logits=True,
-                                                 reduction=keras.losses.Reduction.SUM),
-            metrics=[keras.metrics.AUC(name="auc", from_logits=True),
-                     keras.metrics.BinaryCrossentropy(name="logloss", from_logits=True)])
+        with float32_policy():
+            self.task = tfrs.tasks.Ranking(
+                loss=keras.losses.BinaryCrossentropy(from_logits=True,
+                                                     reduction=keras.losses.Reduction.SUM),
+                metrics=[keras.metrics.AUC(name="auc", from_logits=True),
+                         keras.metrics.BinaryCrossentropy(name="logloss", from_logits=True)])
 
     # Forward pass -------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Content-ID-Contrastive (CIC) learning: align item content embeddings with item ID embeddings."""
 
-from em3_tf._tf import keras, tf, tfrs
+from em3_tf._tf import keras, tf
 
 
 class ContentIdContrastive(keras.layers.Layer):
@@ -10,8 +10,10 @@ class ContentIdContrastive(keras.layers.Layer):
     `i` must pick out the ID embedding of item `i` among the batch's ID embeddings (and `K`
     sampled negatives, if given), and the other way round; logits are cosine similarities
     divided by `temperature`. Other rows of the same item are not negatives: they are masked
-    out (`tfrs.tasks.Retrieval`'s accidental-hit removal), so duplicates in a batch give no
-    false negatives. The loss is the mean of both directions, averaged over the batch:
+    out (as `tfrs.tasks.Retrieval`'s accidental-hit removal does), so duplicates in a batch
+    give no false negatives. It is computed here, in float32, rather than with two TFRS
+    Retrieval tasks: those create helper layers at call time under the global dtype policy and
+    break under mixed precision. The loss is the mean of both directions, averaged over the batch:
 
         L = 1/2 (CE(softmax(c_i . d_j / t), i) + CE(softmax(d_i . c_j / t), i))
 
@@ -46,19 +48,11 @@ class ContentIdContrastive(keras.layers.Layer):
         self.temperature = float(temperature)
         self.content_head = keras.layers.Dense(self.projection_dim, name="content_head")
         self.id_head = keras.layers.Dense(self.projection_dim, name="id_head")
-        loss = lambda: keras.losses.CategoricalCrossentropy(  # noqa: E731
-            from_logits=True, reduction=keras.losses.Reduction.SUM)
-        self.content_to_id = tfrs.tasks.Retrieval(
-            loss=loss(), temperature=self.temperature, remove_accidental_hits=True,
-            name="content_to_id")
-        self.id_to_content = tfrs.tasks.Retrieval(
-            loss=loss(), temperature=self.temperature, remove_accidental_hits=True,
-            name="id_to_content")
-
     def project(self, content, ids):
-        """The normalised `(content, id)` projections, `[B, projection_dim]` each."""
-        return (tf.math.l2_normalize(self.content_head(content), axis=-1),
-                tf.math.l2_normalize(self.id_head(ids), axis=-1))
+        """The normalised `(content, id)` projections, `[B, projection_dim]` each, float32
+        (also under a mixed-precision policy: the softmax over cosine / temperature needs it)."""
+        return (tf.math.l2_normalize(tf.cast(self.content_head(content), tf.float32), axis=-1),
+                tf.math.l2_normalize(tf.cast(self.id_head(ids), tf.float32), axis=-1))
 
     def call(self, content, ids, item_ids, negative_content=None, negative_ids=None,
              negative_item_ids=None, global_batch_size=None):
@@ -72,11 +66,19 @@ class ContentIdContrastive(keras.layers.Layer):
             candidate_ids = tf.concat([item_ids, negative_item_ids], axis=0)
         if global_batch_size is None:
             global_batch_size = tf.shape(c)[0]
-        total = (self.content_to_id(c, d_candidates, candidate_ids=candidate_ids,
-                                    compute_metrics=False)
-                 + self.id_to_content(d, c_candidates, candidate_ids=candidate_ids,
-                                      compute_metrics=False))
+        total = (self._info_nce(c, d_candidates, item_ids, candidate_ids)
+                 + self._info_nce(d, c_candidates, item_ids, candidate_ids))
         return 0.5 * total / tf.cast(global_batch_size, total.dtype)
+
+    def _info_nce(self, queries, candidates, query_ids, candidate_ids):
+        """Summed softmax cross-entropy of query `i` against candidate `i`, same-item
+        candidates other than `i` removed."""
+        logits = tf.matmul(queries, candidates, transpose_b=True) / self.temperature
+        positives = tf.eye(tf.shape(queries)[0], tf.shape(candidates)[0], dtype=tf.bool)
+        same_item = tf.equal(tf.expand_dims(query_ids, 1), tf.expand_dims(candidate_ids, 0))
+        logits = tf.where(same_item & ~positives, tf.constant(-1e9, logits.dtype), logits)
+        return tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(
+            tf.cast(positives, logits.dtype), logits))
 
     def get_config(self):
         config = super().get_config()

@@ -63,6 +63,16 @@ def _warmup_examples(model_vocab, catalog: ItemCatalog, context_features, count=
 
 def run_fn(fn_args):
     custom = dict(fn_args.custom_config or {})
+    previous_policy = keras.mixed_precision.global_policy()
+    if custom.get("mixed_precision"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        _run(fn_args, custom)
+    finally:  # LocalDagRunner runs every component in this one process
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(fn_args, custom):
     if CATALOG_KEY not in custom:
         raise ValueError(f"custom_config has no '{CATALOG_KEY}': use pipelines.components."
                          f"EM3Trainer, which hands the item catalog artifact to run_fn.")
@@ -80,8 +90,6 @@ def run_fn(fn_args):
     epochs = int(custom.get("epochs", 1))
     batch_size = int(custom.get("batch_size", 256))
     keras.utils.set_random_seed(seed)
-    if custom.get("mixed_precision"):
-        keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = choose_strategy(custom.get("distribute", "auto"))
     print(f"EM3 trainer: {strategy.num_replicas_in_sync} replica(s) "
           f"({type(strategy).__name__}), {epochs} epoch(s) of "
