@@ -83,7 +83,7 @@ def history_branch(mode, length, steps, batch_size=16):
         return model.content_attention(query, model._history_content(history, True), mask)
 
     branch()
-    variables = [v for v in model.trainable_variables]
+    variables = model.content.trainable_variables + model.content_attention.trainable_variables
 
     @tf.function
     def step():
