@@ -1,6 +1,6 @@
 """Model cost benchmark (not a test): training throughput and history-branch cost.
 
-    .venv/bin/python benchmarks/bench_model.py [--quick] [--out benchmarks/results/model.json]
+    .venv/bin/python -m benchmarks.bench_model [--quick] [--out benchmarks/results/model.json]
 
 1. Training throughput (examples/second, after a warm-up) of EM3 vs the ID-only DCN baseline
    on SYNTHETIC data (batch 256, history 50).
@@ -15,12 +15,13 @@
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from benchmarks import machine
 
 HISTORY_LENGTHS = (50, 200, 1000, 2000)
 MODES = ("lora", "full", "cache")
@@ -82,7 +83,7 @@ def history_branch(mode, length, steps, batch_size=16):
         return model.content_attention(query, model._history_content(history, True), mask)
 
     branch()
-    variables = [v for v in model.trainable_variables]
+    variables = model.content.trainable_variables + model.content_attention.trainable_variables
 
     @tf.function
     def step():
@@ -112,7 +113,8 @@ def history_branch(mode, length, steps, batch_size=16):
 
 
 def _child(kind, args):
-    out = subprocess.run([sys.executable, __file__, "--child", kind, *map(str, args)],
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_model", "--child", kind,
+                          *map(str, args)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -131,8 +133,7 @@ def main(argv=None):
         print(json.dumps(result))
         return
     steps = 5 if args.quick else 30
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                          f"{platform.system()}, Python {platform.python_version()}",
+    results = {"machine": machine(),
                "throughput": [], "history_branch": []}
     for preset in ("id_dcn", "em3"):
         print(f"throughput {preset} ...", flush=True)

@@ -10,10 +10,11 @@ directory (`artifacts/bench-pipeline`, deleted first; the MiniLM catalog cache i
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
+
+from benchmarks import machine
 
 
 def main(argv=None):
@@ -36,8 +37,7 @@ def main(argv=None):
     end = time.perf_counter()
     with open(os.path.join(args.work, "tfx", "em3-ml100k", "last_run.json")) as f:
         summary = json.load(f)
-    run = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                      f"{platform.system()}, Python {platform.python_version()}",
+    run = {"machine": machine(),
            "wall_seconds": round(end - start, 1), "build_seconds": round(built - start, 1),
            "pipeline_seconds": round(end - built, 1), "evaluation": summary["evaluation"],
            "blessed": summary.get("blessed"), "pushed": summary.get("pushed")}

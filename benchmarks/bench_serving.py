@@ -14,13 +14,14 @@ requests/s and candidates/s. Run `--target HOST:PORT` to measure a real TF Servi
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
 import time
 
 import numpy as np
+
+from benchmarks import machine
 
 CANDIDATES = (1, 10, 100)
 CONCURRENCY = (1, 8)
@@ -124,8 +125,7 @@ def main(argv=None):
     finally:
         if server is not None:
             server.stop(0)
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                         f"{platform.system()}, Python {platform.python_version()}",
+    result = {"machine": machine(),
               "server": "serving.local_server (stand-in), batching max 512 / 2 ms, loopback"
               if args.target is None else f"external server at {args.target}",
               "rows": rows}

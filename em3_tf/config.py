@@ -2,16 +2,16 @@
 
 `EM3Config` is a plain, JSON-serialisable dataclass. The benchmark variants are presets:
 
-| preset           | item content encoder    | history content       | CIC | ID sequence |
-|------------------|-------------------------|-----------------------|-----|-------------|
-| `id_dcn`         | none                    | none                  | no  | no          |
-| `id_din`         | none                    | none                  | no  | yes         |
-| `frozen_content` | frozen pooled features  | frozen pooled features| no  | yes         |
-| `em3`            | Fusion-Q-Former         | Q-Former + LoRA       | yes | yes         |
-| `em3_no_qformer` | concat + MLP            | concat + MLP, frozen  | yes | yes         |
-| `em3_no_lora`    | Fusion-Q-Former         | Q-Former, fully trained| yes| yes         |
-| `em3_no_cic`     | Fusion-Q-Former         | Q-Former + LoRA       | no  | yes         |
-| `em3_cached`     | Fusion-Q-Former         | frozen cache          | yes | yes         |
+| preset           | item content encoder          | history content              | CIC | ID seq. |
+|------------------|-------------------------------|------------------------------|-----|---------|
+| `id_dcn`         | none                          | none                         | no  | no      |
+| `id_din`         | none                          | none                         | no  | yes     |
+| `frozen_content` | frozen pooled features + proj.| cache of the same, per epoch | no  | yes     |
+| `em3`            | Fusion-Q-Former               | Q-Former, LoRA adapters only | yes | yes     |
+| `em3_no_qformer` | concat + MLP                  | concat + MLP, fully trained  | yes | yes     |
+| `em3_no_lora`    | Fusion-Q-Former               | Q-Former, fully trained      | yes | yes     |
+| `em3_no_cic`     | Fusion-Q-Former               | Q-Former, LoRA adapters only | no  | yes     |
+| `em3_cached`     | Fusion-Q-Former               | frozen cache, per epoch      | yes | yes     |
 """
 
 from __future__ import annotations

@@ -321,17 +321,19 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer,
         except ServingError as error:
             _abort(context, error)
 
-    def _examples(self, request):
+    def _run_on_examples(self, request, method):
+        """Runs a Classify / Regress request: `(servable, signature, outputs)`."""
         examples = request.input.example_list.examples
         if not examples:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
-        return np.array([e.SerializeToString() for e in examples], dtype=object)
+        servable = self._servable(request.model_spec)
+        signature = request.model_spec.signature_name or "serving_default"
+        inputs = np.array([e.SerializeToString() for e in examples], dtype=object)
+        return servable, signature, servable.run(signature, {"inputs": inputs}, method)
 
     def Classify(self, request, context):
         try:
-            servable = self._servable(request.model_spec)
-            signature = request.model_spec.signature_name or "serving_default"
-            out = servable.run(signature, {"inputs": self._examples(request)}, CLASSIFY)
+            servable, signature, out = self._run_on_examples(request, CLASSIFY)
             response = classification_pb2.ClassificationResponse(
                 model_spec=self._spec(servable, signature))
             for classes, scores in zip(out["classes"], out["scores"]):
@@ -344,9 +346,7 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer,
 
     def Regress(self, request, context):
         try:
-            servable = self._servable(request.model_spec)
-            signature = request.model_spec.signature_name or "serving_default"
-            out = servable.run(signature, {"inputs": self._examples(request)}, REGRESS)
+            servable, signature, out = self._run_on_examples(request, REGRESS)
             response = regression_pb2.RegressionResponse(
                 model_spec=self._spec(servable, signature))
             for value in np.reshape(out["outputs"], [-1]):
