@@ -116,7 +116,8 @@ def main(argv=None):
                 tf.keras.backend.clear_session()
     rows = [r for k, r in done.items() if k[3] == args.epochs and k[0] in args.protocols
             and k[1] in args.presets and k[2] in args.seeds]
-    result = {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
+    from benchmarks import machine
+    result = {"machine": machine(), "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
               "seeds": args.seeds, "presets": args.presets, "protocols": args.protocols,
               "table": aggregate(rows, args.presets, args.protocols)}
     with open(os.path.join(args.out, "quality.json"), "w") as f:

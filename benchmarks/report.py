@@ -30,8 +30,9 @@ def _cell(entry, metric, digits=4):
 def quality_markdown(result) -> str:
     table = result["table"]
     temporal, cold = table.get("temporal", {}), table.get("item_cold", {})
-    lines = [f"Data: {result['data']} (MovieLens-100K), test split; {result['epochs']} epochs, "
-             f"batch {result['batch_size']}, seeds {result['seeds']} (mean ± std over seeds).",
+    lines = [f"Machine: {result.get('machine', 'not recorded')}. Data: {result['data']} "
+             f"(MovieLens-100K), test split; {result['epochs']} epochs, batch "
+             f"{result['batch_size']}, seeds {result['seeds']} (mean ± std over seeds).",
              "",
              "| variant | AUC (temporal) | GAUC (temporal) | log-loss (temporal) | AUC warm items "
              "(temporal) | AUC cold items (item-cold) | log-loss cold items (item-cold) | "
