@@ -29,6 +29,6 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"], "kfp": ["kfp==2.8.0", "kfp-pipeline-spec==0.3.0"]},
     entry_points={"console_scripts": ["em3-train=em3_tf.train:main"]},
 )

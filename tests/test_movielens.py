@@ -145,3 +145,23 @@ def test_generic_log_layout(tmp_path):
         pd.DataFrame({F.USER_ID: [1], F.ITEM_ID: [10], "timestamp": [1]}).to_csv(
             tmp_path / "bad.csv", index=False)
         movielens.load_interaction_log(str(tmp_path / "bad.csv"), str(tmp_path / "items.csv"))
+
+
+def test_grouplens_layout(tmp_path):
+    """A user's own GroupLens ml-100k copy (u.data / u.item / u.user, latin-1, genre flags)."""
+    flags = ["0"] * 19
+    star_wars, comedy = list(flags), list(flags)
+    star_wars[1] = star_wars[15] = "1"  # Action, Sci-Fi
+    comedy[5] = "1"
+    (tmp_path / "u.item").write_bytes(
+        ("1|Star Wars (1977)|01-Jan-1977||http://x|" + "|".join(star_wars) + "\n"
+         "2|Amélie (2001)|01-Jan-2001||http://y|" + "|".join(comedy) + "\n").encode("latin-1"))
+    (tmp_path / "u.data").write_text("1\t1\t5\t100\n1\t2\t2\t200\n2\t1\t4\t300\n")
+    (tmp_path / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    tables = movielens.load_ml100k(str(tmp_path))
+    items = tables["items"].set_index(F.ITEM_ID)
+    assert items.loc[1, "genres"] == ["Action", "Sci-Fi"] and items.loc[1, "year"] == 1977
+    assert items.loc[2, "title"] == "Amélie (2001)" and items.loc[2, "genres"] == ["Comedy"]
+    assert tables["interactions"]["rating"].tolist() == [5, 2, 4]
+    assert movielens.user_context(tables["users"], np.array([2, 1, 9]))["user_gender"].tolist() \
+        == [0, 1, -1]

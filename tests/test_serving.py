@@ -249,3 +249,21 @@ def test_new_version_is_picked_up_under_load_without_failures(server, served_cop
     assert len(served_versions) > 20
     assert served_versions[-1] == new_version
     assert set(served_versions) <= set(versions) | {new_version}
+
+
+def test_version_labels_from_a_models_config(served_copy, request_rows):
+    from serving.write_models_config import models_config
+    version = max(int(v) for v in os.listdir(served_copy)
+                  if os.path.exists(os.path.join(served_copy, v, "saved_model.pb")))
+    srv = serve(models_config(served_copy, stable=version, canary=version), port=0)
+    try:
+        target = f"127.0.0.1:{srv.port}"
+        user, candidates = _user_and_candidates(request_rows, n=3)
+        with EM3Client(target, version_label="stable") as client:
+            assert len(client.rank(user, candidates)) == 3
+        with EM3Client(target, version_label="blue") as client:
+            with pytest.raises(ServingClientError) as error:
+                client.rank(user, candidates)
+        assert error.value.code == grpc.StatusCode.NOT_FOUND and "blue" in str(error.value)
+    finally:
+        srv.stop(0)
