@@ -8,20 +8,26 @@ from typing import Dict, Optional
 import numpy as np
 
 from em3_tf import features as F
-from em3_tf._tf import keras, tf
+from em3_tf._tf import keras
 from em3_tf.config import EM3Config
 from em3_tf.data.dataset import RankingData
 from em3_tf.evaluation import ranking_report
 from em3_tf.models.ranker import EM3Ranker, RefreshContentCache
 
 
-def build_ranker(config: EM3Config, data: RankingData, strategy=None) -> EM3Ranker:
-    """A compiled `EM3Ranker` for `data`, created under `strategy`'s scope if given."""
+def compile_ranker(config: EM3Config, vocabularies, catalog, strategy=None) -> EM3Ranker:
+    """A compiled `EM3Ranker` (Adam at `config.learning_rate`), created under `strategy`'s
+    scope if given."""
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
-        model = EM3Ranker(config, data.vocabularies(), data.catalog)
+        model = EM3Ranker(config, vocabularies, catalog)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     return model
+
+
+def build_ranker(config: EM3Config, data: RankingData, strategy=None) -> EM3Ranker:
+    """`compile_ranker` with `data`'s training vocabularies and item catalog."""
+    return compile_ranker(config, data.vocabularies(), data.catalog, strategy)
 
 
 def fit(model: EM3Ranker, data: RankingData, epochs=5, batch_size=256, seed=0, verbose=1,

@@ -43,7 +43,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,  # noqa: E402
-                                     get_model_status_pb2, model_service_pb2_grpc,
+                                     get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc, regression_pb2)
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
@@ -255,7 +255,6 @@ class ModelManager:
         return servables[version]
 
     def status(self, version: Optional[int]):
-        from tensorflow_serving.apis import get_model_status_pb2 as pb
         with self.lock:
             loaded = sorted(self.servables)
         versions = loaded + sorted(self.failed)
@@ -266,11 +265,11 @@ class ModelManager:
             versions = [version]
         out = []
         for v in versions:
-            status = pb.ModelVersionStatus(version=v)
+            status = get_model_status_pb2.ModelVersionStatus(version=v)
             if v in loaded:
-                status.state = pb.ModelVersionStatus.AVAILABLE
+                status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
             else:
-                status.state = pb.ModelVersionStatus.END
+                status.state = get_model_status_pb2.ModelVersionStatus.END
                 status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
                 status.status.error_message = self.failed[v]
             out.append(status)
@@ -294,7 +293,6 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer,
         return self.managers[model_spec.name].resolve(model_spec)
 
     def _spec(self, servable, signature_name):
-        from tensorflow_serving.apis import model_pb2
         spec = model_pb2.ModelSpec(name=servable.name, signature_name=signature_name)
         spec.version.value = servable.version
         return spec

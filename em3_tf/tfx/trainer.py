@@ -20,8 +20,9 @@ from em3_tf._tf import keras, tf
 from em3_tf.catalog import ItemCatalog
 from em3_tf.config import EM3Config
 from em3_tf.export import export_saved_model
-from em3_tf.models.ranker import EM3Ranker, RefreshContentCache
+from em3_tf.models.ranker import RefreshContentCache
 from em3_tf.tfx.preprocessing import CATEGORICAL, DENSE_FEATURES, vocabulary_name
+from em3_tf.training import compile_ranker
 
 CATALOG_KEY = "item_catalog_uri"
 
@@ -94,9 +95,7 @@ def _run(fn_args, custom):
     print(f"EM3 trainer: {strategy.num_replicas_in_sync} replica(s) "
           f"({type(strategy).__name__}), {epochs} epoch(s) of "
           f"{max(1, fn_args.train_steps // epochs)} steps, batch {batch_size}", flush=True)
-    with strategy.scope():
-        model = EM3Ranker(config, vocabularies, catalog)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    model = compile_ranker(config, vocabularies, catalog, strategy)
     train = _dataset(fn_args, fn_args.train_files, tft_output, batch_size, seed, repeat=True)
     evaluation = _dataset(fn_args, fn_args.eval_files, tft_output, 1024, seed, repeat=False)
     model.fit(train, epochs=epochs, steps_per_epoch=max(1, fn_args.train_steps // epochs),
