@@ -26,16 +26,19 @@ def gauc(labels, scores, users) -> float:
     return total / weight if weight else float("nan")
 
 
-def ranking_report(labels, scores, users, cold: Optional[np.ndarray] = None) -> Dict[str, float]:
-    """AUC, GAUC and log-loss overall, and AUC / log-loss on cold and warm items."""
+def ranking_report(labels, scores, users, slices: Optional[Dict[str, np.ndarray]] = None
+                   ) -> Dict[str, float]:
+    """AUC, GAUC and log-loss overall, and `<slice>_examples`, `<slice>_auc` and
+    `<slice>_logloss` for each boolean row mask of `slices` (e.g. `{"cold": ..., "warm":
+    ...}`)."""
     labels, scores = np.asarray(labels), np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
     report = {"examples": int(len(labels)), "auc": auc(labels, scores),
               "gauc": gauc(labels, scores, users), "logloss": float(log_loss(labels, scores,
                                                                          labels=[0, 1]))}
-    if cold is not None:
-        for name, rows in (("cold", np.asarray(cold, bool)), ("warm", ~np.asarray(cold, bool))):
-            report[f"{name}_examples"] = int(rows.sum())
-            report[f"{name}_auc"] = auc(labels[rows], scores[rows]) if rows.any() else float("nan")
-            report[f"{name}_logloss"] = (float(log_loss(labels[rows], scores[rows], labels=[0, 1]))
-                                         if rows.any() else float("nan"))
+    for name, rows in (slices or {}).items():
+        rows = np.asarray(rows, bool)
+        report[f"{name}_examples"] = int(rows.sum())
+        report[f"{name}_auc"] = auc(labels[rows], scores[rows]) if rows.any() else float("nan")
+        report[f"{name}_logloss"] = (float(log_loss(labels[rows], scores[rows], labels=[0, 1]))
+                                     if rows.any() else float("nan"))
     return report

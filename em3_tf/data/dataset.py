@@ -8,7 +8,7 @@ import numpy as np
 from em3_tf import features as F
 from em3_tf._tf import tf
 from em3_tf.catalog import ItemCatalog
-from em3_tf.data.splits import IS_COLD
+from em3_tf.data.splits import IS_COLD, IS_NEW_USER
 
 
 @dataclasses.dataclass
@@ -18,7 +18,7 @@ class RankingData:
     Attributes:
       name: data source name (e.g. "synthetic", "ml-100k").
       splits: `{"train"|"eval"|"test": {feature: array}}` (see `em3_tf.features`), with
-        `is_cold_item` and `timestamp` beside the model features.
+        `is_cold_item`, `is_new_user` and `timestamp` beside the model features.
       catalog: the `ItemCatalog` of every item, including items with no interactions.
       context_features: names of the extra categorical features.
       protocol: the split protocol ("temporal" or "item_cold").
@@ -37,7 +37,7 @@ class RankingData:
                 for name in F.scalar_features(self.context_features)}
 
     def model_features(self, split: str) -> Dict[str, np.ndarray]:
-        names = F.scalar_features(self.context_features) + (F.HISTORY, F.LABEL)
+        names = F.raw_features(self.context_features) + (F.LABEL,)
         return {name: self.splits[split][name] for name in names}
 
     def dataset(self, split: str, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
@@ -51,5 +51,8 @@ class RankingData:
             ds = ds.shuffle(len(features[F.ITEM_ID]), seed=seed, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def cold_mask(self, split: str) -> np.ndarray:
-        return self.splits[split][IS_COLD]
+    def slices(self, split: str) -> Dict[str, np.ndarray]:
+        """Boolean row masks of the reported slices: cold / warm items, new / returning users."""
+        part = self.splits[split]
+        cold, new = np.asarray(part[IS_COLD], bool), np.asarray(part[IS_NEW_USER], bool)
+        return {"cold": cold, "warm": ~cold, "new_user": new, "returning_user": ~new}

@@ -25,10 +25,9 @@ import pandas as pd
 from em3_tf import features as F
 from em3_tf.catalog import ItemCatalog
 from em3_tf.data.dataset import RankingData
-from em3_tf.data.splits import TIMESTAMP, make_splits
+from em3_tf.data.splits import RATING, TIMESTAMP, make_splits
 
 CONTEXT_FEATURES = ("user_age_bucket", "user_gender", "user_occupation")
-RATING = "rating"
 
 
 def default_ml100k_dir() -> str:
@@ -187,6 +186,8 @@ def build(tables: Dict[str, pd.DataFrame], protocol="temporal", max_history_len=
     columns = {F.USER_ID: log[F.USER_ID].to_numpy(np.int64),
                F.ITEM_ID: log[F.ITEM_ID].to_numpy(np.int64),
                TIMESTAMP: log[TIMESTAMP].to_numpy(np.int64), F.LABEL: labels}
+    if RATING in log.columns:  # integer ratings feed the history's feedback (0: none)
+        columns[RATING] = np.rint(log[RATING].to_numpy(float)).astype(np.int64)
     context = user_context(tables.get("users"), columns[F.USER_ID])
     columns.update(context)
     catalog = encode_catalog(tables["items"], text_preset, text_length, cache_dir, progress)

@@ -6,9 +6,11 @@
       <protocol>/metadata.json              data name, protocol, context features
       summary.json                          counts per protocol and split
 
-Each tf.Example holds the raw model features (`em3_tf.features`) plus, for analysis only,
-`timestamp`, `is_cold_item` (0/1: the item has no training interaction), `history_length` and
-`user_activity_bucket` (0: no earlier item, 1: 1-4, 2: 5-19, 3: 20-49, 4: 50 or more).
+Each tf.Example holds the raw model features (`em3_tf.features`: ids, feedback sequences,
+user statistics) plus, for analysis only, `timestamp`, `is_cold_item` (0/1: the item has no
+training interaction), `is_new_user` (0/1: the user has no training interaction),
+`history_length` and `user_activity_bucket` (0: no earlier item, 1: 1-4, 2: 5-19, 3: 20-49,
+4: 50 or more).
 """
 
 import json
@@ -21,12 +23,12 @@ from em3_tf import features as F
 from em3_tf._tf import tf
 from em3_tf.catalog import ItemCatalog
 from em3_tf.data.dataset import RankingData
-from em3_tf.data.splits import IS_COLD, SPLITS, TIMESTAMP, summarize
+from em3_tf.data.splits import IS_COLD, IS_NEW_USER, SPLITS, TIMESTAMP, summarize
 
 HISTORY_LENGTH = "history_length"
 USER_ACTIVITY = "user_activity_bucket"
 ACTIVITY_EDGES = (1, 5, 20, 50)  # buckets: 0 | 1-4 | 5-19 | 20-49 | 50+ earlier items
-ANALYSIS_FEATURES = (TIMESTAMP, IS_COLD, HISTORY_LENGTH, USER_ACTIVITY)
+ANALYSIS_FEATURES = (TIMESTAMP, IS_COLD, IS_NEW_USER, HISTORY_LENGTH, USER_ACTIVITY)
 FILE_NAME = "examples.tfrecord.gz"
 
 
@@ -35,6 +37,7 @@ def split_features(data: RankingData, split: str) -> Dict[str, np.ndarray]:
     out = data.model_features(split)
     out[TIMESTAMP] = part[TIMESTAMP]
     out[IS_COLD] = part[IS_COLD].astype(np.int64)
+    out[IS_NEW_USER] = part[IS_NEW_USER].astype(np.int64)
     out[HISTORY_LENGTH] = (part[F.HISTORY] != F.PAD_ID).sum(axis=1).astype(np.int64)
     out[USER_ACTIVITY] = np.digitize(out[HISTORY_LENGTH], ACTIVITY_EDGES).astype(np.int64)
     return out
@@ -76,17 +79,16 @@ def read_split(out_dir: str, protocol: str, split: str) -> Dict[str, np.ndarray]
     """The feature arrays of one written split (history `PAD_ID` padded)."""
     with open(os.path.join(out_dir, protocol, "metadata.json")) as f:
         meta = json.load(f)
-    names = F.scalar_features(meta["context_features"]) + (F.LABEL,) + ANALYSIS_FEATURES
-    spec = {n: tf.io.FixedLenFeature([], tf.int64) for n in names}
-    spec[F.HISTORY] = tf.io.RaggedFeature(tf.int64)
+    spec = F.example_spec(meta["context_features"], with_label=True)
+    spec.update({n: tf.io.FixedLenFeature([], tf.int64) for n in ANALYSIS_FEATURES})
     path = os.path.join(out_dir, protocol, split, FILE_NAME)
     ds = tf.data.TFRecordDataset(path, compression_type="GZIP").batch(4096).map(
         lambda x: tf.io.parse_example(x, spec))
     columns: Dict[str, list] = {n: [] for n in spec}
     for batch in ds:
-        for n in names:
-            columns[n].append(batch[n].numpy())
-        columns[F.HISTORY].append(F.pad_history(batch[F.HISTORY], meta["max_history_len"]).numpy())
+        for n, value in batch.items():
+            columns[n].append(F.pad_history(value, meta["max_history_len"]).numpy()
+                              if n in F.SEQUENCES else value.numpy())
     return {n: np.concatenate(v) for n, v in columns.items()}
 
 
@@ -98,6 +100,7 @@ def load_dataset(out_dir: str, protocol: str) -> RankingData:
     for split in SPLITS:
         part = read_split(out_dir, protocol, split)
         part[IS_COLD] = part[IS_COLD].astype(bool)
+        part[IS_NEW_USER] = part[IS_NEW_USER].astype(bool)
         splits[split] = part
     return RankingData(meta["name"], splits, ItemCatalog.load(os.path.join(out_dir, "catalog")),
                        tuple(meta["context_features"]), protocol)

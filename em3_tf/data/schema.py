@@ -14,7 +14,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from em3_tf import features as F
 from em3_tf.data.records import ACTIVITY_EDGES, HISTORY_LENGTH, USER_ACTIVITY
-from em3_tf.data.splits import IS_COLD, TIMESTAMP
+from em3_tf.data.splits import IS_COLD, IS_NEW_USER, TIMESTAMP
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "schemas")
@@ -55,12 +55,22 @@ def make_schema(context_features: Iterable[str] = (), domains=None,
     add(F.ITEM_ID, 0, big, "candidate item identifier; key into the item catalog")
     add(F.HISTORY, 0, big, "the user's earlier items, most recent first",
         max_values=max_history_len)
+    add(F.HISTORY_LABELS, 0, 1, "feedback of each history entry (1 positive)",
+        max_values=max_history_len)
+    add(F.HISTORY_RATINGS, 0, big, "rating of each history entry (0: none in the data)",
+        max_values=max_history_len)
+    add(F.HISTORY_SECONDS, 0, big, "seconds from each history entry to this example",
+        max_values=max_history_len)
+    add(F.USER_COUNT, 0, big, "the user's number of earlier interactions")
+    add(F.USER_POSITIVES, 0, big, "how many of the user's earlier interactions were positive")
     for name in context_features:
         lo, hi = domains.get(name, (-1, big))
         add(name, lo, hi, "categorical context feature (-1: unknown)")
     add(F.LABEL, 0, 1, "1 = click (rating >= threshold)", training_only=True)
     add(TIMESTAMP, 0, big, "interaction time, unix seconds (analysis only)", training_only=True)
     add(IS_COLD, 0, 1, "1 = the item has no training interaction (analysis only)",
+        training_only=True)
+    add(IS_NEW_USER, 0, 1, "1 = the user has no training interaction (analysis only)",
         training_only=True)
     add(HISTORY_LENGTH, 0, max_history_len, "number of history items (analysis only)",
         training_only=True)

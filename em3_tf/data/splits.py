@@ -1,26 +1,38 @@
-"""Train/eval/test splits and behaviour sequences, shared by every data source.
+"""Train/eval/test splits and feedback-aware behaviour sequences, shared by every data source.
 
-Two protocols:
-  - `temporal`: one global time cut, train / eval / test = `fractions` of the rows by time.
-  - `item_cold`: a seeded random `cold_fraction` of the catalog is held out entirely; all
-    interactions of held-out items go to eval and test (half each, by time); the rest follows
-    the temporal cut. Cold-start quality is reported on this protocol.
+Both protocols cut the log by time, once, for every row:
 
-Behaviour sequences hold the user's earlier items, strictly before the example's timestamp,
-most recent first, and never an item held out by `item_cold` (so no held-out item reaches a
-training example, not even through a history).
+  - train: `timestamp < t_eval`; eval: `t_eval <= timestamp < t_test`; test: `timestamp >=
+    t_test`, where the cut times are the `fractions` quantiles of all rows' timestamps. No
+    eval or test row precedes a training row.
+  - `temporal`: exactly that.
+  - `item_cold`: the same cuts, plus a seeded random `cold_fraction` of the catalog held out.
+    Held-out items' rows before `t_eval` are dropped: they are neither training examples nor
+    entries of any history. Eval and test keep every row of their time window, warm or cold.
+
+Behaviour sequences (`user_sequences`): for each row, the user's earlier interactions, strictly
+before the row's timestamp (an interaction at the same timestamp is not earlier), most recent
+first, each with its feedback: the label, the rating (0 where the data has none) and the seconds
+between it and the row. Beside them, the user's running statistics over the whole past: the
+number of earlier interactions and how many were positive.
+
+Slices reported everywhere: `is_cold_item` (the item has no training row), `is_new_user` (the
+user has no training row).
 """
 
 from typing import Dict
 
 import numpy as np
 
-from em3_tf.features import HISTORY, ITEM_ID, PAD_ID, USER_ID
+from em3_tf import features as F
 
 SPLITS = ("train", "eval", "test")
 PROTOCOLS = ("temporal", "item_cold")
 TIMESTAMP = "timestamp"
+RATING = "rating"
 IS_COLD = "is_cold_item"
+IS_NEW_USER = "is_new_user"
+DROPPED = -1
 
 
 def held_out_items(catalog_item_ids, cold_fraction, seed) -> np.ndarray:
@@ -36,109 +48,121 @@ def _time_order(timestamps):
     return np.argsort(timestamps, kind="stable")
 
 
-def assign_splits(timestamps, items, held_out, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
-    """Split index (0 train, 1 eval, 2 test) of every row; see the module docstring."""
+def time_cuts(timestamps, fractions=(0.8, 0.1, 0.1)):
+    """`(t_eval, t_test)`: the timestamps at the train and train+eval quantiles of the rows."""
     fractions = np.asarray(fractions, float)
     if fractions.shape != (3,) or np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
         raise ValueError(f"`fractions` must be three non-negative numbers summing to 1, "
                          f"got {fractions.tolist()}.")
+    ordered = np.sort(np.asarray(timestamps))
+    positions = np.minimum(np.round(np.cumsum(fractions)[:2] * len(ordered)).astype(int),
+                           len(ordered) - 1)
+    return ordered[positions[0]], ordered[positions[1]]
+
+
+def assign_splits(timestamps, items, held_out, fractions=(0.8, 0.1, 0.1)) -> np.ndarray:
+    """Split index of every row: 0 train, 1 eval, 2 test, `DROPPED` (-1) for held-out items'
+    rows before the eval cut; see the module docstring."""
     timestamps = np.asarray(timestamps)
-    cold = np.isin(items, held_out)
-    split = np.empty(len(timestamps), np.int8)
-    warm_rows = np.flatnonzero(~cold)
-    order = warm_rows[_time_order(timestamps[warm_rows])]
-    cuts = np.round(np.cumsum(fractions)[:2] * len(order)).astype(int)
-    split[order[:cuts[0]]], split[order[cuts[0]:cuts[1]]], split[order[cuts[1]:]] = 0, 1, 2
-    cold_rows = np.flatnonzero(cold)
-    order = cold_rows[_time_order(timestamps[cold_rows])]
-    half = len(order) // 2
-    split[order[:half]], split[order[half:]] = 1, 2
+    t_eval, t_test = time_cuts(timestamps, fractions)
+    split = np.where(timestamps < t_eval, 0, np.where(timestamps < t_test, 1, 2)).astype(np.int8)
+    split[(split == 0) & np.isin(items, held_out)] = DROPPED
     return split
 
 
-def user_histories(users, items, timestamps, max_len, exclude_items=()) -> np.ndarray:
-    """`[N, max_len]` int64: each row's user's items strictly before its timestamp.
+def user_sequences(users, items, timestamps, labels, max_len, ratings=None
+                   ) -> Dict[str, np.ndarray]:
+    """Each row's behaviour sequences and running statistics (see the module docstring).
 
-    Most recent first, `PAD_ID` padded; `exclude_items` never appear.
+    Returns:
+      `{history_item_ids, history_labels, history_ratings, history_seconds_ago}` int64
+      `[N, max_len]` (`PAD_ID` padded, most recent first) and `{user_prior_count,
+      user_prior_positives}` int64 `[N]`.
     """
-    users, items, timestamps = map(np.asarray, (users, items, timestamps))
-    out = np.full((len(users), max_len), PAD_ID, np.int64)
-    excluded = np.isin(items, np.asarray(list(exclude_items), np.int64))
+    users, items, timestamps, labels = map(np.asarray, (users, items, timestamps, labels))
+    ratings = np.zeros(len(users), np.int64) if ratings is None else np.asarray(ratings)
+    n = len(users)
+    out = {name: np.full((n, max_len), F.PAD_ID, np.int64) for name in F.SEQUENCES}
+    count = np.zeros(n, np.int64)
+    positives = np.zeros(n, np.int64)
     order = np.lexsort((timestamps, users))
-    start = 0
-    while start < len(order):
-        end = start
-        user = users[order[start]]
-        while end < len(order) and users[order[end]] == user:
-            end += 1
-        seen = []  # (timestamp, item) of this user's usable interactions, in time order
-        k = start
-        while k < end:
-            t = timestamps[order[k]]
-            group_end = k
-            while group_end < end and timestamps[order[group_end]] == t:
-                group_end += 1
-            recent = [item for _, item in seen[-max_len:]][::-1]
-            for row in order[k:group_end]:
-                out[row, :len(recent)] = recent
-            for row in order[k:group_end]:
-                if not excluded[row]:
-                    seen.append((t, items[row]))
-            k = group_end
-        start = end
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    for rows in np.split(order, bounds):
+        times = timestamps[rows]
+        # first position of each distinct timestamp: rows before it are strictly earlier
+        first = np.searchsorted(times, times, side="left")
+        cum_pos = np.concatenate([[0], np.cumsum(labels[rows] > 0)])
+        count[rows] = first
+        positives[rows] = cum_pos[first]
+        for k, row in enumerate(rows):
+            earlier = rows[max(0, first[k] - max_len):first[k]][::-1]
+            m = len(earlier)
+            out[F.HISTORY][row, :m] = items[earlier]
+            out[F.HISTORY_LABELS][row, :m] = labels[earlier]
+            out[F.HISTORY_RATINGS][row, :m] = ratings[earlier]
+            out[F.HISTORY_SECONDS][row, :m] = timestamps[row] - timestamps[earlier]
+    out[F.USER_COUNT], out[F.USER_POSITIVES] = count, positives
     return out
 
 
 def make_splits(columns: Dict[str, np.ndarray], catalog_item_ids, protocol="temporal",
                 fractions=(0.8, 0.1, 0.1), cold_fraction=0.2, seed=0, max_len=50,
                 ) -> Dict[str, Dict[str, np.ndarray]]:
-    """Splits interaction rows into train/eval/test feature arrays with histories.
+    """Splits interaction rows into train/eval/test feature arrays with behaviour sequences.
 
     Args:
-      columns: equal-length arrays with at least `user_id`, `item_id`, `timestamp` and the
-        label; every other column is carried through.
+      columns: equal-length arrays with at least `user_id`, `item_id`, `timestamp` and
+        `label`, and optionally an integer `rating`; every other column is carried through.
       catalog_item_ids: all item ids of the catalog (the population `item_cold` samples from).
       protocol: `"temporal"` or `"item_cold"`.
 
     Returns:
-      `{split: {column: array}}` with `history_item_ids [n, max_len]` and `is_cold_item`
-      (the item has no training interaction) added.
+      `{split: {column: array}}`, rows in time order, with the sequences and statistics of
+      `user_sequences`, `is_cold_item` and `is_new_user` added.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"`protocol` must be one of {PROTOCOLS}, got {protocol!r}.")
-    for name in (USER_ID, ITEM_ID, TIMESTAMP):
+    for name in (F.USER_ID, F.ITEM_ID, TIMESTAMP, F.LABEL):
         if name not in columns:
             raise ValueError(f"Interaction column '{name}' is missing.")
     held_out = (held_out_items(catalog_item_ids, cold_fraction, seed) if protocol == "item_cold"
                 else np.zeros([0], np.int64))
-    items = np.asarray(columns[ITEM_ID], np.int64)
+    items = np.asarray(columns[F.ITEM_ID], np.int64)
     split = assign_splits(columns[TIMESTAMP], items, held_out, fractions)
-    history = user_histories(columns[USER_ID], items, columns[TIMESTAMP], max_len, held_out)
-    train_items = np.unique(items[split == 0])
+    kept = np.flatnonzero(split != DROPPED)
+    columns = {key: np.asarray(value)[kept] for key, value in columns.items()}
+    split = split[kept]
+    sequences = user_sequences(columns[F.USER_ID], columns[F.ITEM_ID], columns[TIMESTAMP],
+                               columns[F.LABEL], max_len, columns.get(RATING))
+    train_items = np.unique(columns[F.ITEM_ID][split == 0])
+    train_users = np.unique(columns[F.USER_ID][split == 0])
     out = {}
     for index, name in enumerate(SPLITS):
         rows = np.flatnonzero(split == index)
-        rows = rows[_time_order(np.asarray(columns[TIMESTAMP])[rows])]
-        part = {key: np.asarray(value)[rows] for key, value in columns.items()}
-        part[HISTORY] = history[rows]
-        part[IS_COLD] = ~np.isin(part[ITEM_ID], train_items)
+        rows = rows[_time_order(columns[TIMESTAMP][rows])]
+        part = {key: value[rows] for key, value in columns.items()}
+        part.update({key: value[rows] for key, value in sequences.items()})
+        part[IS_COLD] = ~np.isin(part[F.ITEM_ID], train_items)
+        part[IS_NEW_USER] = ~np.isin(part[F.USER_ID], train_users)
         out[name] = part
     return out
 
 
 def summarize(splits: Dict[str, Dict[str, np.ndarray]], label: str) -> Dict[str, Dict[str, float]]:
-    """Counts per split: examples, users, items, positive rate, cold items and rows."""
+    """Counts per split: examples, users, items, positive rate, cold items and rows, new users."""
     summary = {}
     for name, part in splits.items():
         cold = part[IS_COLD]
         summary[name] = {
-            "examples": int(len(part[ITEM_ID])),
-            "users": int(len(np.unique(part[USER_ID]))),
-            "items": int(len(np.unique(part[ITEM_ID]))),
+            "examples": int(len(part[F.ITEM_ID])),
+            "users": int(len(np.unique(part[F.USER_ID]))),
+            "items": int(len(np.unique(part[F.ITEM_ID]))),
             "positive_rate": round(float(np.mean(part[label])) if len(cold) else 0.0, 4),
-            "cold_items": int(len(np.unique(part[ITEM_ID][cold]))),
+            "cold_items": int(len(np.unique(part[F.ITEM_ID][cold]))),
             "cold_item_rows": int(cold.sum()),
-            "rows_with_empty_history": int((part[HISTORY][:, 0] == PAD_ID).sum()),
+            "new_user_rows": int(part[IS_NEW_USER].sum()),
+            "rows_with_empty_history": int((part[F.HISTORY][:, 0] == F.PAD_ID).sum()),
+            "first_timestamp": int(part[TIMESTAMP].min()) if len(cold) else None,
+            "last_timestamp": int(part[TIMESTAMP].max()) if len(cold) else None,
         }
     return summary
-
