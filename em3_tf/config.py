@@ -2,16 +2,22 @@
 
 `EM3Config` is a plain, JSON-serialisable dataclass. The benchmark variants are presets:
 
-| preset           | item content encoder          | history content              | CIC | ID seq. |
-|------------------|-------------------------------|------------------------------|-----|---------|
-| `id_dcn`         | none                          | none                         | no  | no      |
-| `id_din`         | none                          | none                         | no  | yes     |
-| `frozen_content` | frozen pooled features + proj.| cache of the same, per epoch | no  | yes     |
-| `em3`            | Fusion-Q-Former               | Q-Former, LoRA adapters only | yes | yes     |
-| `em3_no_qformer` | concat + MLP                  | concat + MLP, fully trained  | yes | yes     |
-| `em3_no_lora`    | Fusion-Q-Former               | Q-Former, fully trained      | yes | yes     |
-| `em3_no_cic`     | Fusion-Q-Former               | Q-Former, LoRA adapters only | no  | yes     |
-| `em3_cached`     | Fusion-Q-Former               | frozen cache, per epoch      | yes | yes     |
+Each preset changes one factor from `em3`, so a table of them reads as ablations. Every
+preset reads the same inputs (ids, context, feedback sequences, user statistics); "feedback"
+says whether the model uses the feedback.
+
+| preset                  | item content encoder          | history content              | CIC | ID seq. | feedback |
+|-------------------------|-------------------------------|------------------------------|-----|---------|----------|
+| `em3`                   | Fusion-Q-Former               | Q-Former, LoRA adapters only | yes | yes     | yes      |
+| `id_dcn`                | none                          | none                         | no  | no      | yes (statistics) |
+| `id_din`                | none                          | none                         | no  | yes     | yes      |
+| `frozen_content`        | frozen pooled tokens + proj.  | the same, live               | yes | yes     | yes      |
+| `frozen_content_no_cic` | frozen pooled tokens + proj.  | the same, live               | no  | yes     | yes      |
+| `em3_no_qformer`        | concat + MLP                  | concat + MLP, fully trained  | yes | yes     | yes      |
+| `em3_no_lora`           | Fusion-Q-Former               | Q-Former, fully trained      | yes | yes     | yes      |
+| `em3_no_cic`            | Fusion-Q-Former               | Q-Former, LoRA adapters only | no  | yes     | yes      |
+| `em3_no_feedback`       | Fusion-Q-Former               | Q-Former, LoRA adapters only | yes | yes     | no       |
+| `em3_cached`            | Fusion-Q-Former               | frozen cache, per epoch      | yes | yes     | yes      |
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 from typing import Any, Dict, Tuple
 
 CONTENT_ENCODERS = ("none", "qformer", "concat_mlp", "frozen")
+LR_SCHEDULES = ("constant", "cosine")
 HISTORY_MODES = ("none", "lora", "full", "cache")
 ATTENTION_MODES = ("joint", "cross")
 
@@ -53,7 +60,19 @@ class EM3Config:
       num_cross_layers: `tfrs.layers.dcn.Cross` layers.
       mlp_units: hidden sizes of the MLP after the cross layers.
       dropout: dropout rate in the MLP.
-      learning_rate: Adam learning rate.
+      use_feedback: read the history's feedback (labels, ratings, elapsed time; embedded and
+        added to the entries of both target attentions) and the user's running statistics
+        (dense `log(1 + count)` and smoothed positive rate).
+      feedback_prior_rate, feedback_prior_count: the smoothing prior of the positive rate.
+      max_rating: ratings above are clipped (their embedding has `max_rating + 1` rows).
+      id_dropout: share of training ids (user, item, history items) replaced by the OOV bucket,
+        so the "unknown" rows that unseen users and items get at serving time are trained.
+      learning_rate: peak Adam learning rate.
+      lr_schedule: `"constant"` or `"cosine"` (linear warm-up over `warmup_fraction` of the
+        steps, then cosine decay to zero over the planned steps).
+      warmup_fraction: share of the planned steps spent warming up (cosine schedule).
+      content_lr_scale: learning rate of the content encoder's weights (Q-Former, projections)
+        relative to the rest.
       context_features: names of extra categorical features with ID embeddings.
       dense_features: names of float features `[B]` fed to the tower as they are (e.g. the
         TFX Transform's normalised `history_length_z`).
@@ -82,7 +101,15 @@ class EM3Config:
     num_cross_layers: int = 2
     mlp_units: Tuple[int, ...] = (128, 64)
     dropout: float = 0.1
+    use_feedback: bool = True
+    feedback_prior_rate: float = 0.5
+    feedback_prior_count: float = 5.0
+    max_rating: int = 10
+    id_dropout: float = 0.0
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.05
+    content_lr_scale: float = 1.0
     context_features: Tuple[str, ...] = ()
     dense_features: Tuple[str, ...] = ()
 
@@ -90,6 +117,7 @@ class EM3Config:
         _one_of("content_encoder", self.content_encoder, CONTENT_ENCODERS)
         _one_of("history_content", self.history_content, HISTORY_MODES)
         _one_of("attention", self.attention, ATTENTION_MODES)
+        _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for name in ("num_queries", "num_layers", "width", "num_heads", "content_dim",
                      "lora_rank", "id_embedding_dim", "num_oov_buckets", "max_history_len"):
             if int(getattr(self, name)) < 1:
@@ -97,7 +125,7 @@ class EM3Config:
         if self.width % self.num_heads:
             raise ValueError(
                 f"`width` ({self.width}) must be divisible by `num_heads` ({self.num_heads}).")
-        for name in ("modality_dropout", "dropout"):
+        for name in ("modality_dropout", "dropout", "id_dropout", "warmup_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)!r}.")
         if self.cic_weight < 0 or self.cic_temperature <= 0 or self.cic_num_negatives < 0:
@@ -110,9 +138,12 @@ class EM3Config:
         if self.content_encoder in ("frozen", "concat_mlp") and self.history_content == "lora":
             raise ValueError(f"`history_content='lora'` needs the Q-Former; with "
                              f"`content_encoder='{self.content_encoder}'` use 'full' or 'cache'.")
-        if self.content_encoder == "frozen" and self.cic_weight > 0:
-            raise ValueError("`content_encoder='frozen'` has nothing for CIC to train; set "
-                             "`cic_weight=0`.")
+        for name in ("learning_rate", "content_lr_scale", "feedback_prior_count"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}.")
+        if not 0 < self.feedback_prior_rate < 1 or self.max_rating < 0:
+            raise ValueError(f"`max_rating` must be >= 0 and `feedback_prior_rate` in (0, 1); "
+                             f"got {self.max_rating!r}, {self.feedback_prior_rate!r}.")
         object.__setattr__(self, "mlp_units", tuple(int(u) for u in self.mlp_units))
         object.__setattr__(self, "context_features", tuple(self.context_features))
         object.__setattr__(self, "dense_features", tuple(self.dense_features))
@@ -158,10 +189,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "id_dcn": dict(content_encoder="none", history_content="none", cic_weight=0.0,
                    use_id_sequence=False),
     "id_din": dict(content_encoder="none", history_content="none", cic_weight=0.0),
-    "frozen_content": dict(content_encoder="frozen", history_content="cache", cic_weight=0.0),
+    "frozen_content": dict(content_encoder="frozen", history_content="full"),
+    "frozen_content_no_cic": dict(content_encoder="frozen", history_content="full",
+                                  cic_weight=0.0),
     "em3_no_qformer": dict(content_encoder="concat_mlp", history_content="full"),
     "em3_no_lora": dict(history_content="full"),
     "em3_no_cic": dict(cic_weight=0.0),
+    "em3_no_feedback": dict(use_feedback=False),
     "em3_cached": dict(history_content="cache"),
 }
 

@@ -87,13 +87,17 @@ class LoRADense(keras.layers.Layer):
         if adapter:
             kernel = tf.stop_gradient(kernel)
             bias = None if bias is None else tf.stop_gradient(bias)
-        outputs = tf.matmul(inputs, tf.cast(kernel, inputs.dtype))
+        # 2-D matmuls: much faster than broadcasting [..., in] x [in, out] (and its gradient)
+        flat = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])
+        outputs = tf.matmul(flat, tf.cast(kernel, inputs.dtype))
         if adapter:
-            low_rank = tf.matmul(tf.matmul(inputs, tf.cast(self.lora_a, inputs.dtype)),
+            low_rank = tf.matmul(tf.matmul(flat, tf.cast(self.lora_a, inputs.dtype)),
                                  tf.cast(self.lora_b, inputs.dtype))
             outputs += self.scale * low_rank
         if bias is not None:
             outputs = tf.nn.bias_add(outputs, tf.cast(bias, inputs.dtype))
+        outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], [self.units]], 0))
+        outputs.set_shape(inputs.shape[:-1].concatenate([self.units]))
         return outputs
 
     @property

@@ -9,35 +9,52 @@ from em3_tf._tf import float32_policy, keras, tf, tfrs
 from em3_tf.catalog import ItemCatalog
 from em3_tf.config import EM3Config
 from em3_tf.layers.content_encoder import ItemContentEncoder
+from em3_tf.layers.feedback import FeedbackEmbedding, user_statistics
 from em3_tf.layers.target_attention import TargetAttention
 from em3_tf.tasks.cic import ContentIdContrastive
 
 
 class _IdEmbedding(keras.layers.Layer):
-    """`IntegerLookup` with OOV buckets followed by an `Embedding`: raw id -> vector."""
+    """`IntegerLookup` with OOV buckets followed by an `Embedding`: raw id -> vector.
 
-    def __init__(self, vocabulary, dim, num_oov_buckets, **kwargs):
+    Rows `0 .. num_oov_buckets - 1` are the "unknown" rows. In training, a share `id_dropout`
+    of the ids is sent to them (bucket `id mod num_oov_buckets`), so they learn what an
+    unseen id should look like instead of staying at their random initial values.
+    """
+
+    def __init__(self, vocabulary, dim, num_oov_buckets, id_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
+        self.num_oov_buckets, self.id_dropout = int(num_oov_buckets), float(id_dropout)
         self.lookup = keras.layers.IntegerLookup(
             vocabulary=np.asarray(vocabulary, np.int64), num_oov_indices=num_oov_buckets,
             mask_token=None)
         self.embedding = keras.layers.Embedding(len(vocabulary) + num_oov_buckets, dim)
 
-    def call(self, ids):
-        return self.embedding(self.lookup(ids))
+    def call(self, ids, training=False):
+        index = self.lookup(ids)
+        if training and self.id_dropout > 0:
+            unknown = tf.math.floormod(tf.cast(ids, index.dtype), self.num_oov_buckets)
+            drop = tf.random.uniform(tf.shape(index)) < self.id_dropout
+            index = tf.where(drop, unknown, index)
+        return self.embedding(index)
 
 
 class EM3Ranker(tfrs.Model):
     """EM3: End-to-end training of Multimodal Model and ranking Model.
 
     The tower concatenates, for one (user, candidate item) example:
-      - user, item and context ID embeddings (unseen ids share OOV buckets);
+      - user, item and context ID embeddings (unseen ids share OOV buckets, trained through
+        `id_dropout`);
+      - the user's running statistics (`use_feedback`): log count and smoothed positive rate
+        of all earlier interactions;
       - DIN target attention of the history's item ID embeddings against the item's
-        (`use_id_sequence`);
+        (`use_id_sequence`); with `use_feedback`, each entry's feedback embedding (label,
+        rating, elapsed time) is added to it first, so the attention is label-aware;
       - the candidate's content embedding from the item catalog (`content_encoder`), trained
         end to end with the ranking loss;
       - the user's content interest: target attention of the history's content embeddings
-        against the candidate's (`history_content`: LoRA branch, full, or frozen cache);
+        against the candidate's (`history_content`: LoRA branch, full, or frozen cache), with
+        feedback embeddings added in the same way;
     and feeds them to `tfrs.layers.dcn.Cross` layers and an MLP giving one click logit.
     The loss is binary cross-entropy (`tfrs.tasks.Ranking`, with AUC and log-loss metrics)
     plus `cic_weight` times the Content-ID-Contrastive loss.
@@ -49,8 +66,10 @@ class EM3Ranker(tfrs.Model):
       catalog: `ItemCatalog`; required when `config.content_encoder != "none"`.
 
     Inputs: a dict of raw features (see `em3_tf.features`): `user_id [B]`, `item_id [B]`,
-    `history_item_ids [B, L]` (`-1` padded, most recent first), context features `[B]`, and
-    `label [B]` for training. `call` returns click probabilities `[B]`.
+    `history_item_ids [B, L]` (`-1` padded, most recent first), with `use_feedback` also the
+    aligned `history_labels`, `history_ratings`, `history_seconds_ago [B, L]` and
+    `user_prior_count`, `user_prior_positives [B]`; context features `[B]`, and `label [B]`
+    for training. `call` returns click probabilities `[B]`.
 
     Example:
     >>> model = EM3Ranker(EM3Config.preset("em3"), vocabularies, catalog)
@@ -69,11 +88,17 @@ class EM3Ranker(tfrs.Model):
         if config.uses_content and catalog is None:
             raise ValueError(f"`content_encoder='{config.content_encoder}'` needs a `catalog`.")
         dim, oov = config.id_embedding_dim, config.num_oov_buckets
-        self.id_embeddings = {name: _IdEmbedding(vocabularies[name], dim, oov, name=f"{name}_emb")
-                              for name in needed}
+        self.id_embeddings = {
+            name: _IdEmbedding(vocabularies[name], dim, oov,
+                               config.id_dropout if name in (F.USER_ID, F.ITEM_ID) else 0.0,
+                               name=f"{name}_emb")
+            for name in needed}
         self.item_vocabulary = tf.constant(np.asarray(vocabularies[F.ITEM_ID], np.int64))
         if config.use_id_sequence:
             self.id_attention = TargetAttention(name="id_sequence_attention")
+            if config.use_feedback:
+                self.id_feedback = FeedbackEmbedding(dim, config.max_rating,
+                                                     name="id_sequence_feedback")
         self.content = None
         if config.uses_content:
             self.content = ItemContentEncoder(
@@ -87,6 +112,9 @@ class EM3Ranker(tfrs.Model):
                 name="item_content")
             if config.history_content != "none":
                 self.content_attention = TargetAttention(name="content_interest_attention")
+                if config.use_feedback:
+                    self.content_feedback = FeedbackEmbedding(
+                        config.content_dim, config.max_rating, name="content_interest_feedback")
             if config.history_content == "cache":
                 self.content_cache = tf.Variable(
                     tf.zeros([self.content.num_rows, config.content_dim]), trainable=False,
@@ -113,7 +141,15 @@ class EM3Ranker(tfrs.Model):
 
     def _inputs(self, features, with_label=False):
         return F.check_features(features, self.config.context_features, with_label,
-                                self.config.max_history_len, self.config.dense_features)
+                                self.config.max_history_len, self.config.dense_features,
+                                feedback=self.config.use_feedback)
+
+    def _with_feedback(self, layer_name, history, inputs):
+        """`history [B, L, D]` plus the entries' feedback embeddings when `use_feedback`."""
+        if not self.config.use_feedback:
+            return history
+        feedback = getattr(self, layer_name)(*(inputs[n] for n in F.FEEDBACK_SEQUENCES))
+        return history + tf.cast(feedback, history.dtype)
 
     def _history_content(self, history, training):
         """Content embeddings `[B, L, content_dim]` of the history items."""
@@ -133,21 +169,28 @@ class EM3Ranker(tfrs.Model):
         """Returns `(logits [B], parts)`, parts holding what the CIC loss needs."""
         history = inputs[F.HISTORY]
         mask = tf.not_equal(history, F.PAD_ID)
-        embedded = {name: layer(inputs[name]) for name, layer in self.id_embeddings.items()}
+        embedded = {name: layer(inputs[name], training=training)
+                    for name, layer in self.id_embeddings.items()}
         tower = list(embedded.values())
         tower += [inputs[name][:, None] for name in self.config.dense_features]
+        if self.config.use_feedback:
+            tower.append(user_statistics(inputs[F.USER_COUNT], inputs[F.USER_POSITIVES],
+                                         self.config.feedback_prior_rate,
+                                         self.config.feedback_prior_count))
         item_emb = embedded[F.ITEM_ID]
         if self.config.use_id_sequence:
-            history_ids = self.id_embeddings[F.ITEM_ID](history)
+            history_ids = self.id_embeddings[F.ITEM_ID](history, training=training)
+            history_ids = self._with_feedback("id_feedback", history_ids, inputs)
             tower.append(self.id_attention(item_emb, history_ids, mask))
         content = None
         if self.content is not None:
             content = self.content(self.content.rows_of(inputs[F.ITEM_ID]), training=training)
             tower.append(content)
             if self.config.history_content != "none":
-                history_content = self._history_content(history, training)
+                history_content = self._with_feedback(
+                    "content_feedback", self._history_content(history, training), inputs)
                 tower.append(self.content_attention(content, history_content, mask))
-        x0 = tf.concat(tower, axis=-1)
+        x0 = tf.concat([tf.cast(t, self.compute_dtype) for t in tower], axis=-1)
         x = x0
         for cross in self.cross_layers:
             x = cross(x0, x)
@@ -195,19 +238,42 @@ class EM3Ranker(tfrs.Model):
             raise ValueError("refresh_content_cache needs `history_content='cache'`.")
         self.content_cache.assign(self.content.encode_all(batch_size))
 
+    def sync_content_cache(self):
+        """Brings the history cache (if any) up to date with the current weights.
+
+        Called before every evaluation, prediction and export, so no stale cache is ever
+        scored; in training the cache is refreshed at each epoch start (`RefreshContentCache`).
+        """
+        if self.config.history_content == "cache":
+            self.refresh_content_cache()
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, with `RefreshContentCache` added (last) for a cached history."""
+        callbacks = list(callbacks or [])
+        if self.config.history_content == "cache" and not any(
+                isinstance(c, RefreshContentCache) for c in callbacks):
+            callbacks.append(RefreshContentCache())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def evaluate(self, *args, **kwargs):  # also runs fit's validation
+        self.sync_content_cache()
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        self.sync_content_cache()
+        return super().predict(*args, **kwargs)
+
     def get_config(self):
         return {"config": self.config.get_config()}
 
 
 class RefreshContentCache(keras.callbacks.Callback):
-    """Refreshes `EM3Ranker`'s frozen history content cache at each epoch start and at the end."""
-
-    def _refresh(self):
-        if self.model.config.history_content == "cache":
-            self.model.refresh_content_cache()
+    """Refreshes `EM3Ranker`'s frozen history content cache at each epoch start and when
+    training ends (after `EarlyStopping` restored the best weights: list it after that).
+    `EM3Ranker.fit` adds it by itself when it is not in the callbacks."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._refresh()
+        self.model.sync_content_cache()
 
     def on_train_end(self, logs=None):
-        self._refresh()
+        self.model.sync_content_cache()
