@@ -4,8 +4,10 @@ Signatures:
   - `serving_default`: `examples` (string `[B]`, serialized tf.Example with the raw features
     of `em3_tf.features`, no label) -> `scores` (float `[B]`, click probability). This is what
     TensorFlow Serving's Predict API is called with.
-  - `predict_features`: the raw feature tensors (`user_id [B]`, `item_id [B]`,
-    `history_item_ids [B, L]` padded with -1, context features `[B]`) -> `scores`.
+  - `predict_features`: the raw feature tensors (`user_id [B]`, `item_id [B]`, context
+    features `[B]`, `user_prior_count [B]`, `user_prior_positives [B]`, and the aligned
+    sequences `history_item_ids`, `history_labels`, `history_ratings`, `history_seconds_ago`
+    `[B, L]` padded with -1) -> `scores`.
   - `regress` (`inputs` -> `outputs`) and `classify` (`inputs` -> `classes`, `scores` over
     "0"/"1"): the same model with TF Serving's Regress / Classify method names.
 
@@ -28,8 +30,9 @@ SIGNATURE_INPUT = "examples"
 SIGNATURE_OUTPUT = "scores"
 
 
-def _raw_ids(config: EM3Config):
-    return F.scalar_features(config.context_features)
+def _raw_inputs(config: EM3Config):
+    """`(scalar names, sequence names)` of the raw features the signatures take."""
+    return (F.scalar_features(config.context_features) + F.USER_STATISTICS, F.SEQUENCES)
 
 
 def _is_fixed_column(spec):
@@ -39,11 +42,11 @@ def _is_fixed_column(spec):
 def serving_signatures(model, transform_output=None):
     """`{"serving_default", "predict_features"}` concrete-function builders for `model`."""
     config: EM3Config = model.config
-    names = _raw_ids(config)
+    names, sequences = _raw_inputs(config)
     if transform_output is not None:
         model.tft_layer = transform_output.transform_features_layer()
         raw_spec = {n: s for n, s in transform_output.raw_feature_spec().items()
-                    if n in names + (F.HISTORY,)}
+                    if n in names + sequences}
 
         def transform(raw):
             return model.tft_layer(raw)
@@ -59,15 +62,16 @@ def serving_signatures(model, transform_output=None):
         return {SIGNATURE_OUTPUT: model(transform(raw), training=False)}
 
     specs = [tf.TensorSpec([None], tf.int64, name=n) for n in names]
-    specs.append(tf.TensorSpec([None, None], tf.int64, name=F.HISTORY))
+    specs += [tf.TensorSpec([None, None], tf.int64, name=n) for n in sequences]
 
     @tf.function(input_signature=specs)
     def serve_features(*tensors):
         raw = {n: t[:, None] if _is_fixed_column(raw_spec[n]) else t
                for n, t in zip(names, tensors)}
-        history = tf.RaggedTensor.from_tensor(tensors[-1], padding=F.PAD_ID)
-        raw[F.HISTORY] = (history.to_sparse() if isinstance(raw_spec[F.HISTORY],
-                                                            tf.io.VarLenFeature) else history)
+        for n, t in zip(sequences, tensors[len(names):]):
+            ragged = tf.RaggedTensor.from_tensor(t, padding=F.PAD_ID)
+            raw[n] = (ragged.to_sparse() if isinstance(raw_spec[n], tf.io.VarLenFeature)
+                      else ragged)
         return {SIGNATURE_OUTPUT: model(transform(raw), training=False)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
@@ -124,6 +128,7 @@ def export_saved_model(model, export_dir: str, transform_output=None, warmup_exa
     """
     if tf.io.gfile.exists(export_dir):
         raise FileExistsError(f"Export directory {export_dir} already exists.")
+    model.sync_content_cache()
     tmp = export_dir.rstrip("/") + ".tmp-export"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)

@@ -6,6 +6,8 @@
   anomalies; its message lists them by split and feature.
 - `EM3Trainer`: TFX's Trainer with one more input channel, `item_catalog`, whose URI reaches
   `run_fn` as `fn_args.custom_config["item_catalog_uri"]`.
+- `EM3Tuner`: TFX's Tuner (KerasTuner) with the same extra `item_catalog` input, for
+  `tuner_fn`.
 """
 
 import os
@@ -14,6 +16,7 @@ import shutil
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.components.trainer import executor as trainer_executor
+from tfx.components.tuner import executor as tuner_executor
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.artifact import Artifact
@@ -90,11 +93,45 @@ class EM3Trainer(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(EM3TrainerExecutor)
 
     def __init__(self, examples, transform_graph, schema, item_catalog, run_fn: str,
-                 train_args, eval_args, custom_config: dict):
+                 train_args, eval_args, custom_config: dict, hyperparameters=None):
         spec = EM3TrainerSpec(
             examples=examples, transform_graph=transform_graph, schema=schema,
-            item_catalog=item_catalog, run_fn=run_fn, train_args=train_args,
-            eval_args=eval_args, custom_config=json_utils.dumps(custom_config),
+            item_catalog=item_catalog, hyperparameters=hyperparameters, run_fn=run_fn,
+            train_args=train_args, eval_args=eval_args,
+            custom_config=json_utils.dumps(custom_config),
             model=tfx.dsl.Channel(type=standard_artifacts.Model),
             model_run=tfx.dsl.Channel(type=standard_artifacts.ModelRun))
+        super().__init__(spec=spec)
+
+
+class EM3TunerSpec(standard_component_specs.TunerSpec):
+    INPUTS = {**standard_component_specs.TunerSpec.INPUTS,
+              "item_catalog": ChannelParameter(type=EM3ItemCatalog)}
+
+
+class EM3TunerExecutor(tuner_executor.Executor):
+    """TFX's Tuner executor, adding the item catalog URI to `custom_config`."""
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        custom = json_utils.loads(exec_properties.get("custom_config") or "null") or {}
+        custom[CATALOG_KEY] = artifact_utils.get_single_uri(input_dict["item_catalog"])
+        super().Do(input_dict, output_dict,
+                   {**exec_properties, "custom_config": json_utils.dumps(custom)})
+
+
+class EM3Tuner(base_component.BaseComponent):
+    """TFX Tuner whose `tuner_fn` also receives the `item_catalog` artifact; outputs
+    `best_hyperparameters` (for the Trainer) and `tuner_results`."""
+
+    SPEC_CLASS = EM3TunerSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(EM3TunerExecutor)
+
+    def __init__(self, examples, transform_graph, schema, item_catalog, tuner_fn: str,
+                 train_args, eval_args, custom_config: dict):
+        spec = EM3TunerSpec(
+            examples=examples, transform_graph=transform_graph, schema=schema,
+            item_catalog=item_catalog, tuner_fn=tuner_fn, train_args=train_args,
+            eval_args=eval_args, custom_config=json_utils.dumps(custom_config),
+            best_hyperparameters=tfx.dsl.Channel(type=standard_artifacts.HyperParameters),
+            tuner_results=tfx.dsl.Channel(type=standard_artifacts.TunerResults))
         super().__init__(spec=spec)

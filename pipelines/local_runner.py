@@ -27,7 +27,14 @@ def parse_args(argv=None):
     p.add_argument("--protocol", default=d.protocol, choices=["temporal", "item_cold"])
     p.add_argument("--preset", default=d.preset, help="EM3Config preset to train")
     p.add_argument("--em3-config", default="{}", help="JSON of EM3Config overrides")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="at most this many epochs")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="early stopping on eval AUC after this many epochs without gain "
+                        "(0: never)")
+    p.add_argument("--tune", action="store_true",
+                   help="run the Tuner (KerasTuner random search) before training and train "
+                        "with its best hyper-parameters")
+    p.add_argument("--max-trials", type=int, default=d.max_trials, help="Tuner trials")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--distribute", default=d.distribute, choices=["auto", "mirrored", "default"])
@@ -73,6 +80,7 @@ def config_from_args(args) -> PipelineConfig:
                                  "synthetic.pbtxt" if synthetic else "schema.pbtxt"),
         work_dir=args.work_dir, serving_dir=args.serving_dir, model_name=args.model_name,
         preset=args.preset, em3_overrides=json.loads(args.em3_config), epochs=args.epochs,
+        patience=args.patience, tune=args.tune, max_trials=args.max_trials,
         batch_size=args.batch_size, seed=args.seed, distribute=args.distribute,
         mixed_precision=args.mixed_precision, auc_floor=args.auc_floor,
         regression_tolerance=args.regression_tolerance,
@@ -118,7 +126,7 @@ def summarize(config: PipelineConfig) -> dict:
     from ml_metadata.metadata_store import metadata_store
     from tfx.orchestration import metadata
 
-    from em3_tf.data.splits import IS_COLD
+    from em3_tf.data.splits import IS_COLD, IS_NEW_USER
     store = metadata_store.MetadataStore(
         metadata.sqlite_metadata_connection_config(config.metadata_path))
     outputs = _latest_outputs(store, config.pipeline_root)
@@ -127,7 +135,9 @@ def summarize(config: PipelineConfig) -> dict:
     if evaluation is not None:
         summary["evaluation"] = {"overall": _auc(evaluation.uri, ()),
                                  "cold_items": _auc(evaluation.uri, ((IS_COLD, 1),)),
-                                 "warm_items": _auc(evaluation.uri, ((IS_COLD, 0),))}
+                                 "warm_items": _auc(evaluation.uri, ((IS_COLD, 0),)),
+                                 "new_users": _auc(evaluation.uri, ((IS_NEW_USER, 1),)),
+                                 "returning_users": _auc(evaluation.uri, ((IS_NEW_USER, 0),))}
     blessing = outputs.get("Evaluator/blessing")
     if blessing is not None:
         summary["blessed"] = bool(blessing.custom_properties["blessed"].int_value)
@@ -160,7 +170,12 @@ def main(argv=None):
     for key, uri in summary["artifacts"].items():
         print(f"  {key:40s} {uri}")
     print("=== evaluation (eval split) ===")
-    print(json.dumps(summary.get("evaluation"), indent=2))
+    print(f"  {'slice':16s} {'examples':>9s} {'AUC':>7s} {'log-loss':>9s} {'calibration':>12s}")
+    for name, metrics in (summary.get("evaluation") or {}).items():
+        m = metrics or {}
+        print(f"  {name:16s} {m.get('example_count', 0):9.0f} {m.get('auc', float('nan')):7.4f} "
+              f"{m.get('binary_crossentropy', float('nan')):9.4f} "
+              f"{m.get('calibration', float('nan')):12.3f}")
     print(f"blessed: {summary.get('blessed')}; pushed: {summary.get('pushed')} "
           f"{summary.get('pushed_to', '')}")
     print(f"serving versions under {config.push_base}: {summary['serving_versions']}",

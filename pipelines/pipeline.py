@@ -1,7 +1,8 @@
 """The EM3 TFX pipeline definition (no runner here; see local_runner.py, kubeflow_runner.py).
 
 ImportExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate
-  -> Transform -> ItemCatalogGen -> EM3Trainer -> (latest blessed model) Evaluator -> Pusher
+  -> Transform -> ItemCatalogGen -> [EM3Tuner (--tune) | Importer of the recorded best
+  hyper-parameters] -> EM3Trainer -> (latest blessed model) Evaluator -> Pusher
 """
 
 import os
@@ -11,17 +12,20 @@ from tfx import v1 as tfx
 
 from em3_tf import features as F
 from em3_tf.data.records import FILE_NAME, USER_ACTIVITY
-from em3_tf.data.splits import IS_COLD
+from em3_tf.data.splits import IS_COLD, IS_NEW_USER
 from em3_tf.export import SIGNATURE_OUTPUT
-from pipelines.components import AnomaliesGate, EM3Trainer, ItemCatalogGen
+from pipelines.components import AnomaliesGate, EM3Trainer, EM3Tuner, ItemCatalogGen
 from pipelines.config import PipelineConfig, resolve
 
 PREPROCESSING_FN = "em3_tf.tfx.preprocessing.preprocessing_fn"
 RUN_FN = "em3_tf.tfx.trainer.run_fn"
+TUNER_FN = "em3_tf.tfx.tuner.tuner_fn"
+SLICES = (IS_COLD, IS_NEW_USER, USER_ACTIVITY)
 
 
 def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
-    """TFMA on the serving signature: AUC, log-loss, calibration; cold/warm and activity slices.
+    """TFMA on the serving signature: AUC, log-loss, calibration; overall and per slice (cold /
+    warm items, new / returning users, user activity).
 
     Blessing (on the overall slice): AUC >= `auc_floor`, and no worse than the latest blessed
     model by more than `regression_tolerance`. Slices are reported, not thresholded.
@@ -34,8 +38,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=F.LABEL,
                                     prediction_key=SIGNATURE_OUTPUT)],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[IS_COLD]),
-                       tfma.SlicingSpec(feature_keys=[USER_ACTIVITY])],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[name])
+                                              for name in SLICES],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             tfma.MetricConfig(class_name="ExampleCount"),
             tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[
@@ -64,18 +68,34 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         preprocessing_fn=PREPROCESSING_FN)
     transform.add_upstream_node(gate)
     catalog = ItemCatalogGen(catalog_dir=resolve(os.path.join(config.data_dir, "catalog")))
-    trainer = EM3Trainer(
+    training_inputs = dict(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"], item_catalog=catalog.outputs["item_catalog"],
-        run_fn=RUN_FN,
         train_args=tfx.proto.TrainArgs(num_steps=config.train_steps()),
-        eval_args=tfx.proto.EvalArgs(num_steps=0),
-        custom_config={"em3_config": config.em3_config().get_config(), "epochs": config.epochs,
-                       "batch_size": config.batch_size, "seed": config.seed,
-                       "distribute": config.distribute,
-                       "mixed_precision": config.mixed_precision,
-                       "model_name": config.model_name})
+        eval_args=tfx.proto.EvalArgs(num_steps=0))
+    config.em3_config()  # fails here, naming the field, on a bad override
+    custom_config = {"preset": config.preset, "em3_overrides": dict(config.em3_overrides),
+                     "epochs": config.epochs,
+                     "patience": config.patience, "batch_size": config.batch_size,
+                     "seed": config.seed, "distribute": config.distribute,
+                     "mixed_precision": config.mixed_precision, "model_name": config.model_name}
+    hyperparameter_nodes = []
+    if config.tune:
+        tuner = EM3Tuner(tuner_fn=TUNER_FN,
+                         custom_config={**custom_config, "max_trials": config.max_trials},
+                         **training_inputs)
+        hyperparameter_nodes, best = [tuner], tuner.outputs["best_hyperparameters"]
+    elif config.recorded_hyperparameters():
+        importer = tfx.dsl.Importer(
+            source_uri=config.recorded_hyperparameters(),
+            artifact_type=tfx.types.standard_artifacts.HyperParameters,
+        ).with_id("recorded_hyperparameters")
+        hyperparameter_nodes, best = [importer], importer.outputs["result"]
+    else:
+        best = None
+    trainer = EM3Trainer(run_fn=RUN_FN, custom_config=custom_config, hyperparameters=best,
+                         **training_inputs)
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -91,7 +111,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, gate,
-                    transform, catalog, trainer, baseline, evaluator, pusher],
+                    transform, catalog, *hyperparameter_nodes, trainer, baseline, evaluator,
+                    pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=tfx.orchestration.metadata
         .sqlite_metadata_connection_config(config.metadata_path),

@@ -1,7 +1,8 @@
 """Transform `preprocessing_fn`: vocabularies with OOV handling and a normalised activity feature.
 
 Outputs (the transform graph travels into the served model):
-  - ids (`user_id`, `item_id`, context features) and `history_item_ids` pass through raw: the
+  - ids (`user_id`, `item_id`, context features), the behaviour sequences (`history_*`) and
+    the user's running statistics pass through raw (the model embeds and normalises them): the
     item catalog is keyed by raw item id, so an item never seen in training still finds its
     content. Their vocabularies are computed over the training split (`tft.vocabulary`, ids
     seen fewer than `FREQUENCY_THRESHOLD` times left out) and read by the Trainer, whose
@@ -37,8 +38,11 @@ def preprocessing_fn(inputs):
             outputs[name] = _dense(value)
             tft.vocabulary(outputs[name], vocab_filename=vocabulary_name(name),
                            frequency_threshold=FREQUENCY_THRESHOLD)
+    for name in F.SEQUENCES:
+        outputs[name] = inputs[name]
+    for name in F.USER_STATISTICS:
+        outputs[name] = _dense(inputs[name])
     history = inputs[F.HISTORY]
-    outputs[F.HISTORY] = history
     count = tf.reshape(
         tf.sparse.reduce_sum(tf.sparse.map_values(tf.ones_like, history), axis=1)
         if isinstance(history, tf.SparseTensor) else history.row_lengths(), [-1])

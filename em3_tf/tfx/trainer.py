@@ -1,8 +1,10 @@
 """TFX Trainer user code: `run_fn` trains EM3 on transformed examples and exports it.
 
 `fn_args.custom_config` keys (set by `pipelines/pipeline.py` from `PipelineConfig`):
-  - `em3_config`: `EM3Config` fields (dict);
-  - `epochs`, `batch_size`, `seed`;
+  - `preset` (an `EM3Config` preset) and `em3_overrides` (fields set by the user): the model
+    is the preset, then the Tuner's (or imported) best hyper-parameters, then the overrides;
+  - `epochs` (the most epochs), `patience` (early stopping on the eval split's AUC, best
+    weights restored; 0 trains every epoch), `batch_size`, `seed`;
   - `distribute`: `"auto"` (MirroredStrategy over the GPUs if any, else the default
     strategy), `"mirrored"` (MirroredStrategy over GPUs, or over the logical CPUs when there
     is no GPU), `"default"`;
@@ -20,9 +22,8 @@ from em3_tf._tf import keras, tf
 from em3_tf.catalog import ItemCatalog
 from em3_tf.config import EM3Config
 from em3_tf.export import export_saved_model
-from em3_tf.models.ranker import RefreshContentCache
 from em3_tf.tfx.preprocessing import CATEGORICAL, DENSE_FEATURES, vocabulary_name
-from em3_tf.training import compile_ranker
+from em3_tf.training import callbacks, compile_ranker
 
 CATALOG_KEY = "item_catalog_uri"
 
@@ -54,12 +55,26 @@ def _dataset(fn_args, files, tft_output, batch_size, seed, repeat):
 
 
 def _warmup_examples(model_vocab, catalog: ItemCatalog, context_features, count=8):
+    """`count` serialized requests: one known user with a 5-item history (mixed feedback)
+    against the first catalog items."""
+    history = catalog.item_ids[count:count + 5]
     rows = {F.USER_ID: np.repeat(model_vocab[F.USER_ID][:1], count),
             F.ITEM_ID: catalog.item_ids[:count],
-            F.HISTORY: np.tile(catalog.item_ids[count:count + 5], (count, 1))}
+            F.HISTORY: np.tile(history, (count, 1)),
+            F.HISTORY_LABELS: np.tile(np.arange(len(history)) % 2, (count, 1)),
+            F.HISTORY_RATINGS: np.tile(np.arange(len(history)) % 5 + 1, (count, 1)),
+            F.HISTORY_SECONDS: np.tile(3600 * (np.arange(len(history)) + 1), (count, 1)),
+            F.USER_COUNT: np.full(count, len(history)),
+            F.USER_POSITIVES: np.full(count, len(history) // 2)}
     for name in context_features:
         rows[name] = np.repeat(model_vocab[name][:1], count)
     return F.to_examples(rows)
+
+
+def hyperparameter_values(fn_args) -> dict:
+    """`EM3Config` overrides from the Tuner's (or an imported) best hyper-parameters, if any."""
+    from em3_tf.tuning import values_of
+    return values_of(getattr(fn_args, "hyperparameters", None))
 
 
 def run_fn(fn_args):
@@ -73,47 +88,71 @@ def run_fn(fn_args):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+class TrainingSetup:
+    """What `run_fn` and the Tuner's `tuner_fn` both need from `fn_args`: the transform
+    output, the `EM3Config` (custom config + hyper-parameters + the transformed features),
+    vocabularies, item catalog and schedule."""
+
+    def __init__(self, fn_args, custom, hyperparameters=None):
+        if CATALOG_KEY not in custom:
+            raise ValueError(f"custom_config has no '{CATALOG_KEY}': use pipelines.components."
+                             f"EM3Trainer / EM3Tuner, which hand the item catalog artifact to "
+                             f"the user code.")
+        self.fn_args, self.custom = fn_args, custom
+        self.tft_output = tft.TFTransformOutput(fn_args.transform_output)
+        transformed = self.tft_output.transformed_feature_spec()
+        self.context = tuple(n for n in CATEGORICAL if n in transformed
+                             and n not in F.scalar_features())
+        self.config = EM3Config.preset(custom.get("preset", "em3"), **{
+            **(hyperparameters or {}), **custom.get("em3_overrides", {}),
+            "context_features": list(self.context),
+            "dense_features": [n for n in DENSE_FEATURES if n in transformed]})
+        self.catalog = ItemCatalog.load(custom[CATALOG_KEY])
+        self.vocabularies = transformed_vocabularies(self.tft_output,
+                                                     F.scalar_features(self.context))
+        self.seed = int(custom.get("seed", 0))
+        self.epochs = int(custom.get("epochs", 1))
+        self.patience = int(custom.get("patience", 1)) or None
+        self.batch_size = int(custom.get("batch_size", 256))
+        self.steps_per_epoch = max(1, fn_args.train_steps // self.epochs)
+
+    def fit(self, config: EM3Config, strategy=None, log_dir=None, verbose=2):
+        """Builds, compiles and fits `config` (early stopping on eval); `(model, History)`."""
+        keras.utils.set_random_seed(self.seed)
+        model = compile_ranker(config, self.vocabularies, self.catalog, strategy,
+                               self.fn_args.train_steps)
+        fn_args, tft_output = self.fn_args, self.tft_output
+        train = _dataset(fn_args, fn_args.train_files, tft_output, self.batch_size, self.seed,
+                         repeat=True)
+        evaluation = _dataset(fn_args, fn_args.eval_files, tft_output, 1024, self.seed,
+                              repeat=False)
+        history = model.fit(train, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
+                            validation_data=evaluation,
+                            validation_steps=fn_args.eval_steps or None,
+                            callbacks=callbacks(self.patience, log_dir=log_dir),
+                            verbose=verbose)
+        return model, history
+
+
 def _run(fn_args, custom):
-    if CATALOG_KEY not in custom:
-        raise ValueError(f"custom_config has no '{CATALOG_KEY}': use pipelines.components."
-                         f"EM3Trainer, which hands the item catalog artifact to run_fn.")
-    tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    transformed = tft_output.transformed_feature_spec()
-    context = tuple(n for n in CATEGORICAL if n in transformed
-                    and n not in F.scalar_features())
-    config = EM3Config.from_config({**custom.get("em3_config", {}),
-                                    "context_features": list(context),
-                                    "dense_features": [n for n in DENSE_FEATURES
-                                                       if n in transformed]})
-    catalog = ItemCatalog.load(custom[CATALOG_KEY])
-    vocabularies = transformed_vocabularies(tft_output, F.scalar_features(context))
-    seed = int(custom.get("seed", 0))
-    epochs = int(custom.get("epochs", 1))
-    batch_size = int(custom.get("batch_size", 256))
-    keras.utils.set_random_seed(seed)
+    setup = TrainingSetup(fn_args, custom, hyperparameter_values(fn_args))
     strategy = choose_strategy(custom.get("distribute", "auto"))
     print(f"EM3 trainer: {strategy.num_replicas_in_sync} replica(s) "
-          f"({type(strategy).__name__}), {epochs} epoch(s) of "
-          f"{max(1, fn_args.train_steps // epochs)} steps, batch {batch_size}", flush=True)
-    model = compile_ranker(config, vocabularies, catalog, strategy)
-    train = _dataset(fn_args, fn_args.train_files, tft_output, batch_size, seed, repeat=True)
-    evaluation = _dataset(fn_args, fn_args.eval_files, tft_output, 1024, seed, repeat=False)
-    model.fit(train, epochs=epochs, steps_per_epoch=max(1, fn_args.train_steps // epochs),
-              validation_data=evaluation, validation_steps=fn_args.eval_steps or None,
-              callbacks=[RefreshContentCache(),
-                         keras.callbacks.TensorBoard(fn_args.model_run_dir, update_freq="epoch")],
-              verbose=2)
-    warmup = _warmup_examples(vocabularies, catalog, context)
-    export_saved_model(model, fn_args.serving_model_dir, transform_output=tft_output,
+          f"({type(strategy).__name__}), at most {setup.epochs} epoch(s) of "
+          f"{setup.steps_per_epoch} steps, batch {setup.batch_size}, early stopping on eval "
+          f"AUC (patience {setup.patience})", flush=True)
+    model, _ = setup.fit(setup.config, strategy, log_dir=fn_args.model_run_dir)
+    warmup = _warmup_examples(setup.vocabularies, setup.catalog, setup.context)
+    export_saved_model(model, fn_args.serving_model_dir, transform_output=setup.tft_output,
                        warmup_examples=warmup, model_name=custom.get("model_name", "em3"))
-    check_export(model, tft_output, fn_args.serving_model_dir, warmup)
+    check_export(model, setup.tft_output, fn_args.serving_model_dir, warmup)
 
 
 def check_export(model, tft_output, export_dir, serialized, tolerance=1e-5):
     """Fails the run unless the exported `serving_default` scores `serialized` exactly like
     the in-memory Keras model (raw parse + transform graph + model) does."""
     raw_spec = {n: s for n, s in tft_output.raw_feature_spec().items()
-                if n in F.scalar_features(model.config.context_features) + (F.HISTORY,)}
+                if n in F.raw_features(model.config.context_features)}
     raw = tf.io.parse_example(tf.constant(serialized), raw_spec)
     expected = model(tft_output.transform_features_layer()(raw)).numpy()
     served = tf.saved_model.load(export_dir).signatures["serving_default"](
