@@ -1,72 +1,149 @@
 """Quality benchmark on real data: every variant x seed x split protocol, with `model.fit`.
 
-    .venv/bin/python benchmarks/bench_quality.py                       # the full table
-    .venv/bin/python benchmarks/bench_quality.py --presets id_dcn em3 --seeds 0   # quick
+    .venv/bin/python -m benchmarks.bench_quality --tune        # tune, then the full table
+    .venv/bin/python -m benchmarks.bench_quality --presets id_din em3 --seeds 0   # quick
 
-Trains each EM3Config preset on MovieLens-100K (built with `python -m em3_tf.data.build` if
-missing) and reports, on the test split:
-  - temporal protocol: AUC, GAUC (per-user AUC averaged over users with both classes), log-loss,
-    and AUC on warm items;
-  - item_cold protocol: AUC and log-loss on the cold items (held out of training entirely);
-  - training seconds.
-Every finished run is appended to `<out>/quality_runs.jsonl` at once, and a run already there
-is not repeated, so an interrupted benchmark resumes. `<out>/quality.json` holds the
-aggregates (mean, std over seeds). TensorBoard logs go to `<tensorboard>/<protocol>/<preset>/
-seed<k>`. With `--save-embeddings`, the seed-0 temporal EM3 model's item content embeddings
-are saved for the projection plot.
+Protocol, the same for every variant (each row of the table changes one factor from EM3):
+  1. `--tune`: KerasTuner random search (`em3_tf.tuning`) of each variant on the temporal
+     protocol's eval split, `--max-trials` trials of at most `--epochs` epochs with early
+     stopping, seed 0; the best values are recorded in
+     `pipelines/hyperparameters/ml-100k/<preset>/best_hyperparameters.txt` (which the TFX
+     pipeline imports too) and the search in `<out>/tuning.json`. Without `--tune`, recorded values
+     are used where present.
+  2. Each variant x seed x protocol trains for at most `--epochs` epochs with early stopping on
+     the eval split's AUC (best weights restored) and is scored once on the test split: AUC,
+     GAUC, log-loss, overall and on the slices cold / warm items and new / returning users.
+  3. Aggregates: mean ± std over seeds, and for every variant the per-seed paired difference
+     to EM3 with a paired t-test.
+
+Every finished run is appended to `<out>/quality_runs.jsonl` at once (keyed by its config),
+so an interrupted benchmark resumes. `<out>/quality.json` holds the aggregates.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
 import sys
 import time
 
-DEFAULT_PRESETS = ("id_dcn", "id_din", "frozen_content", "em3", "em3_no_qformer",
-                   "em3_no_lora", "em3_no_cic")
-METRICS = {"temporal": ("auc", "gauc", "logloss", "warm_auc"),
-           "item_cold": ("cold_auc", "cold_logloss", "cold_examples")}
+DEFAULT_PRESETS = ("id_dcn", "id_din", "frozen_content", "frozen_content_no_cic", "em3",
+                   "em3_no_qformer", "em3_no_lora", "em3_no_cic", "em3_no_feedback")
+REFERENCE = "em3"
+SLICES = ("cold", "warm", "new_user", "returning_user")
+METRICS = ("auc", "gauc", "logloss") + tuple(f"{s}_{m}" for s in SLICES
+                                           for m in ("auc", "logloss", "examples"))
+PAIRED = ("auc", "gauc", "logloss") + tuple(f"{s}_auc" for s in SLICES)
 
 
 def parse_args(argv=None):
+    from pipelines.config import PipelineConfig
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="artifacts/ml-100k")
     p.add_argument("--presets", nargs="+", default=list(DEFAULT_PRESETS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--protocols", nargs="+", default=["temporal", "item_cold"],
                    choices=["temporal", "item_cold"])
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=4, help="at most this many epochs per run")
+    p.add_argument("--patience", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tune", action="store_true",
+                   help="tune every preset that has no recorded hyper-parameters yet")
+    p.add_argument("--max-trials", type=int, default=6, help="tuning budget per variant")
+    p.add_argument("--hyperparameters-dir",
+                   default=os.path.join(PipelineConfig().hyperparameters_dir, "ml-100k"))
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--tensorboard", default="runs/bench")
     p.add_argument("--save-embeddings", action="store_true")
     return p.parse_args(argv)
 
 
-def _done(path):
+def _read_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _read_json(path):
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return {(r["protocol"], r["preset"], r["seed"], r["epochs"]): r for r in rows}
+        return json.load(f)
+
+
+def _append_jsonl(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def config_key(config) -> str:
+    return hashlib.sha256(config.to_json().encode()).hexdigest()[:12]
+
+
+def tune_presets(args, data):
+    """Tunes each preset without recorded hyper-parameters; returns the tuning records."""
+    from em3_tf._tf import keras
+    from em3_tf.config import EM3Config
+    from em3_tf.tuning import read_hyperparameters, searched, tune, write_hyperparameters
+
+    records = {}
+    for preset in args.presets:
+        directory = os.path.join(args.hyperparameters_dir, preset)
+        if read_hyperparameters(directory):
+            print(f"tuning {preset}: recorded in {directory}", flush=True)
+            continue
+        base = EM3Config.preset(preset, context_features=data.context_features)
+        start = time.perf_counter()
+        print(f"tuning {preset}: {args.max_trials} trials over {list(searched(base))} ...",
+              flush=True)
+        best = tune(base, data, max_trials=args.max_trials, epochs=args.epochs,
+                    batch_size=args.batch_size, seed=0,
+                    directory=os.path.join("runs", "tuning"), project_name=preset)
+        write_hyperparameters(best, directory)
+        records[preset] = {"values": best.values, "trials": args.max_trials,
+                           "epochs": args.epochs, "protocol": data.protocol,
+                           "seconds": round(time.perf_counter() - start, 1)}
+        print(f"tuning {preset}: best {best.values} ({records[preset]['seconds']:.0f}s)",
+              flush=True)
+        keras.backend.clear_session()
+    return records
 
 
 def aggregate(rows, presets, protocols):
-    """`{protocol: {preset: {metric: {"mean", "std", "n"}}}}` over seeds."""
+    """`{protocol: {preset: {metric: {mean, std, n}, "paired": {metric: {...}}}}}`."""
+    from scipy import stats
     table = {}
     for protocol in protocols:
-        for preset in presets:
-            runs = [r for r in rows if r["protocol"] == protocol and r["preset"] == preset]
+        mine = {p: {r["seed"]: r for r in rows if r["protocol"] == protocol
+                    and r["preset"] == p} for p in presets}
+        for preset, runs in mine.items():
             if not runs:
                 continue
             entry = {}
-            for metric in METRICS[protocol] + ("train_seconds",):
-                values = [r[metric] for r in runs]
-                entry[metric] = {"mean": statistics.fmean(values),
-                                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                                 "n": len(values)}
+            for metric in METRICS + ("train_seconds", "epochs_trained"):
+                values = [r[metric] for r in runs.values() if r.get(metric) is not None]
+                if values:
+                    entry[metric] = {"mean": statistics.fmean(values),
+                                     "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                                     "n": len(values)}
+            reference = mine.get(REFERENCE, {})
+            seeds = sorted(set(runs) & set(reference))
+            if preset != REFERENCE and seeds:
+                entry["paired"] = {}
+                for metric in PAIRED:
+                    diffs = [runs[s][metric] - reference[s][metric] for s in seeds]
+                    test = (stats.ttest_rel([runs[s][metric] for s in seeds],
+                                            [reference[s][metric] for s in seeds])
+                            if len(seeds) > 1 else None)
+                    entry["paired"][metric] = {
+                        "mean_diff": statistics.fmean(diffs),
+                        "std_diff": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                        "p_value": float(test.pvalue) if test is not None else None,
+                        "reference_wins": int(sum(
+                            (d > 0) if metric == "logloss" else (d < 0) for d in diffs)),
+                        "n": len(seeds)}
             table.setdefault(protocol, {})[preset] = entry
     return table
 
@@ -77,48 +154,64 @@ def main(argv=None):
     from em3_tf.config import EM3Config
     from em3_tf.data.records import load_dataset
     from em3_tf.training import train_and_evaluate
+    from em3_tf.tuning import SEARCH_SPACE, read_hyperparameters
 
     if not os.path.exists(os.path.join(args.data, "summary.json")):
         from em3_tf.data import build
         build.main(["--out", args.data])
     os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    tuning = {}
+    if args.tune:
+        tuning = tune_presets(args, load_dataset(args.data, "temporal"))
+        if tuning:
+            path = os.path.join(args.out, "tuning.json")
+            previous = _read_json(path)
+            with open(path, "w") as f:
+                json.dump({**previous, **tuning}, f, indent=2)
     runs_file = os.path.join(args.out, "quality_runs.jsonl")
-    done = _done(runs_file)
+    done = {(r["protocol"], r["preset"], r["seed"], r["config_key"]): r
+            for r in _read_jsonl(runs_file)}
     total = len(args.protocols) * len(args.presets) * len(args.seeds)
-    count, start = 0, time.perf_counter()
+    count, rows = 0, []
     for protocol in args.protocols:
         data = load_dataset(args.data, protocol)
         for preset in args.presets:
+            tuned = read_hyperparameters(os.path.join(args.hyperparameters_dir, preset))
+            config = EM3Config.preset(preset, context_features=data.context_features, **tuned)
             for seed in args.seeds:
                 count += 1
-                key = (protocol, preset, seed, args.epochs)
+                key = (protocol, preset, seed, config_key(config))
                 if key in done:
-                    print(f"[{count}/{total}] {protocol} {preset} seed {seed}: done before",
-                          flush=True)
+                    rows.append(done[key])
                     continue
-                config = EM3Config.preset(preset, context_features=data.context_features)
                 model, report = train_and_evaluate(
                     config, data, epochs=args.epochs, batch_size=args.batch_size, seed=seed,
-                    verbose=0, validate=False,
-                    log_dir=os.path.join(args.tensorboard, protocol, preset, f"seed{seed}"))
+                    verbose=0, patience=args.patience)
                 row = {"protocol": protocol, "preset": preset, "seed": seed,
-                       "epochs": args.epochs, **report}
-                with open(runs_file, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                done[key] = row
-                shown = {m: round(row[m], 4) for m in METRICS[protocol]}
-                print(f"[{count}/{total}] {protocol} {preset} seed {seed}: {shown} "
-                      f"({row['train_seconds']:.0f}s train, "
-                      f"{time.perf_counter() - start:.0f}s elapsed)", flush=True)
-                if args.save_embeddings and protocol == "temporal" and preset == "em3" \
+                       "config_key": key[3], "hyperparameters": tuned,
+                       "max_epochs": args.epochs, **report}
+                _append_jsonl(runs_file, row)
+                rows.append(row)
+                print(f"[{count}/{total}] {protocol} {preset} seed {seed}: AUC "
+                      f"{row['auc']:.4f}, cold {row['cold_auc']:.4f}, new users "
+                      f"{row['new_user_auc']:.4f} (best epoch {row['best_epoch']}, "
+                      f"{row['train_seconds']:.0f}s; {time.perf_counter() - start:.0f}s "
+                      f"elapsed)", flush=True)
+                if args.save_embeddings and protocol == "temporal" and preset == REFERENCE \
                         and seed == args.seeds[0]:
                     save_embeddings(model, data, os.path.join(args.out, "embeddings.npz"))
                 tf.keras.backend.clear_session()
-    rows = [r for k, r in done.items() if k[3] == args.epochs and k[0] in args.protocols
-            and k[1] in args.presets and k[2] in args.seeds]
     from benchmarks import machine
-    result = {"machine": machine(), "data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
-              "seeds": args.seeds, "presets": args.presets, "protocols": args.protocols,
+    tuning_path = os.path.join(args.out, "tuning.json")
+    result = {"machine": machine(), "data": args.data, "max_epochs": args.epochs,
+              "patience": args.patience, "batch_size": args.batch_size, "seeds": args.seeds,
+              "presets": args.presets, "protocols": args.protocols,
+              "reference": REFERENCE, "tuning": {
+                  "max_trials": args.max_trials, "protocol": "temporal (eval split)",
+                  "search_space": {k: list(v) for k, v in SEARCH_SPACE.items()},
+                  "records": _read_json(tuning_path)},
+              "seconds": round(time.perf_counter() - start, 1),
               "table": aggregate(rows, args.presets, args.protocols)}
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -13,10 +13,22 @@ import os
 import re
 import sys
 
-LABELS = {"id_dcn": "ID-only DCN", "id_din": "ID-only DIN", "frozen_content":
-          "frozen content + DCN", "em3": "EM3", "em3_no_qformer": "EM3 w/o Q-Former",
-          "em3_no_lora": "EM3 w/o LoRA", "em3_no_cic": "EM3 w/o CIC",
+LABELS = {"id_dcn": "ID-only DCN", "id_din": "ID-only DIN",
+          "frozen_content": "frozen content (same tokens, live history, CIC)",
+          "frozen_content_no_cic": "frozen content, no CIC", "em3": "EM3",
+          "em3_no_qformer": "EM3 w/o Q-Former", "em3_no_lora": "EM3 w/o LoRA",
+          "em3_no_cic": "EM3 w/o CIC", "em3_no_feedback": "EM3 w/o feedback",
           "em3_cached": "EM3, cached history"}
+# (protocol, column title, metric) of the two quality tables
+QUALITY_COLUMNS = {
+    "temporal": [("AUC", "auc"), ("GAUC", "gauc"), ("log-loss", "logloss"),
+                 ("AUC warm items", "warm_auc"), ("AUC new users", "new_user_auc"),
+                 ("AUC returning users", "returning_user_auc")],
+    "item_cold": [("AUC", "auc"), ("AUC cold items", "cold_auc"),
+                  ("log-loss cold items", "cold_logloss"), ("AUC warm items", "warm_auc"),
+                  ("AUC new users", "new_user_auc"), ("AUC returning users",
+                                                      "returning_user_auc")]}
+HEADLINE = {"temporal": "auc", "item_cold": "cold_auc"}
 
 
 def _cell(entry, metric, digits=4):
@@ -27,22 +39,42 @@ def _cell(entry, metric, digits=4):
         f"{m['mean']:.{digits}f}"
 
 
+def _paired(entry, metric):
+    """`+0.0012 (p 0.03)`: the variant minus EM3, mean over seeds, paired t-test."""
+    paired = entry.get("paired", {}).get(metric)
+    if not paired:
+        return "reference" if "paired" not in entry else "-"
+    p = paired["p_value"]
+    return f"{100 * paired['mean_diff']:+.2f} pt" + (f" (p {p:.3f})" if p is not None else "")
+
+
 def quality_markdown(result) -> str:
-    table = result["table"]
-    temporal, cold = table.get("temporal", {}), table.get("item_cold", {})
     lines = [f"Machine: {result.get('machine', 'not recorded')}. Data: {result['data']} "
-             f"(MovieLens-100K), test split; {result['epochs']} epochs, batch "
-             f"{result['batch_size']}, seeds {result['seeds']} (mean ± std over seeds).",
-             "",
-             "| variant | AUC (temporal) | GAUC (temporal) | log-loss (temporal) | AUC warm items "
-             "(temporal) | AUC cold items (item-cold) | log-loss cold items (item-cold) | "
-             "train s (temporal) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for preset in result["presets"]:
-        t, c = temporal.get(preset, {}), cold.get(preset, {})
-        lines.append(f"| {LABELS.get(preset, preset)} | {_cell(t, 'auc')} | {_cell(t, 'gauc')} "
-                     f"| {_cell(t, 'logloss')} | {_cell(t, 'warm_auc')} | {_cell(c, 'cold_auc')}"
-                     f" | {_cell(c, 'cold_logloss')} | {_cell(t, 'train_seconds', 0)} |")
+             f"(MovieLens-100K), test split. Each run: at most {result['max_epochs']} epochs, "
+             f"early stopping on eval AUC (patience {result['patience']}), batch "
+             f"{result['batch_size']}; hyper-parameters tuned per variant on the temporal eval "
+             f"split ({result['tuning']['max_trials']} random trials each). Seeds "
+             f"{result['seeds']}: mean ± std; Δ = variant minus EM3, paired by seed, with a "
+             f"paired t-test."]
+    for protocol, columns in QUALITY_COLUMNS.items():
+        rows = result["table"].get(protocol)
+        if not rows:
+            continue
+        headline = HEADLINE[protocol]
+        title = dict((m, t) for t, m in columns)[headline]
+        lines += ["", f"**{protocol}** protocol:", "",
+                  "| variant | " + " | ".join(t for t, _ in columns)
+                  + f" | Δ {title} vs EM3 | epochs | train s |",
+                  "|---" * (len(columns) + 4) + "|"]
+        for preset in result["presets"]:
+            entry = rows.get(preset)
+            if entry is None:
+                continue
+            lines.append(f"| {LABELS.get(preset, preset)} | "
+                         + " | ".join(_cell(entry, m) for _, m in columns)
+                         + f" | {_paired(entry, headline)} | "
+                         f"{_cell(entry, 'epochs_trained', 1)} | "
+                         f"{_cell(entry, 'train_seconds', 0)} |")
     return "\n".join(lines)
 
 
@@ -75,8 +107,8 @@ def plot_auc_bars(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     presets = result["presets"]
-    panels = [("temporal", "auc", "Test AUC, temporal split (all rows)"),
-              ("item_cold", "cold_auc", "Test AUC on cold items, item-cold split")]
+    panels = [("temporal", "auc", "Test AUC, temporal protocol (all rows)"),
+              ("item_cold", "cold_auc", "Test AUC on cold-item rows, item-cold protocol")]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, (protocol, metric, title) in zip(axes, panels):
         rows = result["table"].get(protocol, {})
@@ -206,7 +238,7 @@ def pipeline_markdown(run) -> str:
              f"from raw data (data build {run['build_seconds']:.0f} s included); "
              f"blessed: {run['blessed']}, pushed: {run['pushed']}.", "",
              "| slice | examples | AUC | log-loss | calibration |", "|---|---|---|---|---|"]
-    for name in ("overall", "cold_items", "warm_items"):
+    for name in ev:
         m = ev.get(name) or {}
         lines.append(f"| {name} | {m.get('example_count', 0):.0f} | {m.get('auc', 0):.4f} | "
                      f"{m.get('binary_crossentropy', 0):.4f} | {m.get('calibration', 0):.3f} |")

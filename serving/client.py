@@ -2,12 +2,18 @@
 
 Library:
     client = EM3Client("localhost:8500", model_name="em3")
-    ranked = client.rank({"user_id": 7, "history_item_ids": [50, 181], "user_age_bucket": 2,
-                          "user_gender": 1, "user_occupation": 4}, candidates=[1, 2, 3])
+    ranked = client.rank({"user_id": 7, "user_age_bucket": 2, "user_gender": 1,
+                          "user_occupation": 4,
+                          "history_item_ids": [50, 181],        # most recent first
+                          "history_labels": [1, 0],             # what the user thought of them
+                          "history_ratings": [5, 2],            # 0 where there is no rating
+                          "history_seconds_ago": [3600, 86400]},
+                         candidates=[1, 2, 3])
     client.metadata(); client.status()
 
 CLI:
-    python -m serving.client --target localhost:8500 rank --user-id 7 --history 50,181 \\
+    python -m serving.client --target localhost:8500 rank --user-id 7 \\
+        --history 50:1:5:3600,181:0:2:86400 \\
         --context user_age_bucket=2 --context user_gender=1 --candidates 1,2,3
     python -m serving.client --target localhost:8500 metadata
     python -m serving.client --target localhost:8500 status
@@ -111,20 +117,16 @@ class EM3Client:
     def rank(self, user: Dict, candidates: Sequence[int]) -> List[Tuple[int, float]]:
         """`[(item_id, score)]` of `candidates` for `user`, best first.
 
-        `user` holds `user_id`, `history_item_ids` (most recent first) and the model's
-        context features; every candidate becomes one tf.Example of one Predict call.
+        `user` holds `user_id`, the model's context features and the user's history with its
+        feedback: the aligned lists `history_item_ids` (most recent first), `history_labels`,
+        `history_ratings` and `history_seconds_ago` (seconds before now). The running
+        statistics `user_prior_count` / `user_prior_positives` default to those of the given
+        history; pass them when the history is cut. Every candidate becomes one tf.Example
+        of one Predict call.
         """
         if not len(candidates):
             raise ValueError("`candidates` is empty.")
-        if F.USER_ID not in user:
-            raise ValueError(f"`user` needs '{F.USER_ID}'.")
-        n = len(candidates)
-        history = np.asarray(list(user.get(F.HISTORY, [])), np.int64).reshape(1, -1)
-        rows = {name: np.full(n, int(value), np.int64) for name, value in user.items()
-                if name != F.HISTORY}
-        rows[F.ITEM_ID] = np.asarray(candidates, np.int64)
-        rows[F.HISTORY] = np.repeat(history, n, axis=0)
-        scores, _ = self.predict_examples(F.to_examples(rows))
+        scores, _ = self.predict_examples(F.to_examples(user_rows(user, candidates)))
         order = np.argsort(-scores, kind="stable")
         return [(int(candidates[i]), float(scores[i])) for i in order]
 
@@ -152,8 +154,37 @@ class EM3Client:
                 for s in response.model_version_status]
 
 
+def user_rows(user: Dict, candidates: Sequence[int]) -> Dict[str, np.ndarray]:
+    """The per-candidate feature rows of `EM3Client.rank`'s `user` (see there)."""
+    if F.USER_ID not in user:
+        raise ValueError(f"`user` needs '{F.USER_ID}'.")
+    history = {name: np.asarray(list(user.get(name, [])), np.int64) for name in F.SEQUENCES}
+    for name in F.FEEDBACK_SEQUENCES:
+        if len(history[name]) != len(history[F.HISTORY]):
+            raise ValueError(f"`user['{name}']` has {len(history[name])} entries; it must have "
+                             f"one per history item ({len(history[F.HISTORY])}).")
+    stats = {F.USER_COUNT: len(history[F.HISTORY]),
+             F.USER_POSITIVES: int((history[F.HISTORY_LABELS] > 0).sum())}
+    n = len(candidates)
+    rows = {name: np.full(n, int(value), np.int64)
+            for name, value in {**stats, **user}.items() if name not in F.SEQUENCES}
+    rows[F.ITEM_ID] = np.asarray(candidates, np.int64)
+    rows.update({name: np.repeat(value.reshape(1, -1), n, axis=0)
+                 for name, value in history.items()})
+    return rows
+
+
 def _ints(text):
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _history(text):
+    """`item:label:rating:seconds_ago,...` -> the four aligned history lists."""
+    entries = [e.split(":") for e in text.split(",") if e.strip()]
+    if any(len(e) != 4 for e in entries):
+        raise argparse.ArgumentTypeError(
+            "each history entry must be ITEM:LABEL:RATING:SECONDS_AGO, e.g. 50:1:5:3600")
+    return {name: [int(e[k]) for e in entries] for k, name in enumerate(F.SEQUENCES)}
 
 
 def main(argv=None):
@@ -167,7 +198,9 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     rank = sub.add_parser("rank", help="score one user against candidate items")
     rank.add_argument("--user-id", type=int, required=True)
-    rank.add_argument("--history", type=_ints, default=[], help="item ids, most recent first")
+    rank.add_argument("--history", type=_history, default={},
+                      help="ITEM:LABEL:RATING:SECONDS_AGO entries, most recent first (rating "
+                           "0: none)")
     rank.add_argument("--candidates", type=_ints, required=True)
     rank.add_argument("--context", action="append", default=[], metavar="NAME=INT")
     sub.add_parser("metadata", help="GetModelMetadata")
@@ -177,7 +210,7 @@ def main(argv=None):
                    timeout_s=args.timeout) as client:
         try:
             if args.command == "rank":
-                user = {F.USER_ID: args.user_id, F.HISTORY: args.history}
+                user = {F.USER_ID: args.user_id, **args.history}
                 user.update({k: int(v) for k, v in (c.split("=", 1) for c in args.context)})
                 result = client.rank(user, args.candidates)
             else:

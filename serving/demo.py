@@ -27,10 +27,10 @@ def pick_request(data_dir, protocol="item_cold", seed=0, per_kind=5):
     rng = np.random.default_rng(seed)
     rows = np.flatnonzero((test[F.HISTORY] != F.PAD_ID).sum(1) >= 10)
     row = int(rng.choice(rows))
-    history = test[F.HISTORY][row]
-    user = {F.USER_ID: int(test[F.USER_ID][row]),
-            F.HISTORY: [int(i) for i in history[history != F.PAD_ID]]}
-    user.update({name: int(test[name][row]) for name in context})
+    valid = test[F.HISTORY][row] != F.PAD_ID
+    user = {F.USER_ID: int(test[F.USER_ID][row])}
+    user.update({name: [int(v) for v in test[name][row][valid]] for name in F.SEQUENCES})
+    user.update({name: int(test[name][row]) for name in context + list(F.USER_STATISTICS)})
     cold = np.unique(test[F.ITEM_ID][test["is_cold_item"] == 1])
     warm = np.unique(test[F.ITEM_ID][test["is_cold_item"] == 0])
     candidates = {int(i): "cold" for i in rng.choice(cold, per_kind, replace=False)}

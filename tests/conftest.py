@@ -21,7 +21,7 @@ def small_data():
 def cold_start_data():
     """SYNTHETIC item-cold data used for the cold-start quality test."""
     from em3_tf.data.synthetic import make_synthetic
-    return make_synthetic(max_history_len=20, seed=0)
+    return make_synthetic(num_users=600, max_history_len=20, seed=0)
 
 
 # The TFX pipeline, run once per session on SYNTHETIC data; its pushed model serves the
@@ -100,8 +100,9 @@ def keras_scorer(summary, config):
         return model(layer(raw)).numpy()
 
     score.model = model
-    first = {name: np.array([1]) for name in F.scalar_features(em3_config.context_features)}
-    first[F.HISTORY] = np.array([[1]])
+    first = {name: np.array([1]) for name in F.scalar_features(em3_config.context_features)
+             + F.USER_STATISTICS}
+    first.update({name: np.array([[1]]) for name in F.SEQUENCES})
     score(first)  # builds the variables
     status = tf.train.Checkpoint(root=model).read(
         os.path.join(version_dir, "variables", "variables"))

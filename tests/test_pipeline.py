@@ -34,7 +34,7 @@ def test_pushed_model_scores_equal_the_keras_model(pushed_pipeline):
     summary, config = pushed_pipeline
     score = keras_scorer(summary, config)
     test = records.read_split(config.data_dir, config.protocol, "test")
-    rows = {k: test[k][:64] for k in F.scalar_features() + (F.HISTORY,)}
+    rows = {k: test[k][:64] for k in F.raw_features()}
     expected = score(rows)
     version_dir = os.path.join(config.push_base, summary["serving_versions"][0])
     served = tf.saved_model.load(version_dir).signatures["serving_default"](
@@ -47,7 +47,7 @@ def test_a_worse_model_is_not_blessed_and_the_pushed_version_stays(pushed_pipeli
     before = pushed_pipeline[0]["serving_versions"]
     worse = pipeline_args(workspace)
     worse[worse.index("--em3-config") + 1] = json.dumps(
-        {"max_history_len": 20, "learning_rate": 0.0})  # the model stays untrained
+        {"max_history_len": 20, "learning_rate": 1e-12})  # the model stays untrained
     local_runner.main(worse)
     summary, _ = pipeline_summary(workspace)
     assert summary["blessed"] is False and summary["pushed"] is False

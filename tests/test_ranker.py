@@ -32,7 +32,7 @@ def _qformer_vars(model):
 
 def test_history_branch_trains_only_lora_and_target_branch_trains_full_module(small_data):
     model = _model(small_data, "em3")
-    inputs = F.check_features(first_rows(small_data, "train", 32), (), False, 10)
+    inputs = F.check_features(first_rows(small_data, "train", 32), (), False, 10, feedback=True)
     model(inputs)
     for layer in model.content.qformer.submodules:  # make every adapter non-trivial
         if hasattr(layer, "lora_b"):
@@ -49,7 +49,7 @@ def test_history_branch_trains_only_lora_and_target_branch_trains_full_module(sm
 
 def test_without_lora_the_history_branch_trains_the_base_weights(small_data):
     model = _model(small_data, "em3_no_lora")
-    inputs = F.check_features(first_rows(small_data, "train", 32), (), False, 10)
+    inputs = F.check_features(first_rows(small_data, "train", 32), (), False, 10, feedback=True)
     model(inputs)
     base, lora = _qformer_vars(model)
     history = _grad_names(model, lambda: tf.reduce_sum(
@@ -58,7 +58,7 @@ def test_without_lora_the_history_branch_trains_the_base_weights(small_data):
 
 
 def test_dedupe_history_gives_the_same_content(small_data):
-    inputs = F.check_features(first_rows(small_data, "test", 16), (), False, 10)
+    inputs = F.check_features(first_rows(small_data, "test", 16), (), False, 10, feedback=True)
     a = _model(small_data, "em3", dedupe_history=True)
     b = _model(small_data, "em3", dedupe_history=False)
     a(inputs), b(inputs)
@@ -79,9 +79,68 @@ def test_every_preset_trains_and_predicts(small_data, preset):
     assert np.all((scores > 0) & (scores < 1))
 
 
+def test_oov_rows_move_in_training_only_with_id_dropout(small_data):
+    """Every training id is in the vocabulary, so without ID dropout no training example ever
+    reaches the OOV row; with it, the "unknown" user and item rows are trained."""
+    for dropout in (0.3, 0.0):
+        model = _model(small_data, "id_din", id_dropout=dropout)
+        model(first_rows(small_data, "train", 4))
+        tables = {n: model.id_embeddings[n].embedding.embeddings for n in (F.USER_ID, F.ITEM_ID)}
+        before = {n: t.numpy()[0].copy() for n, t in tables.items()}
+        model.fit(small_data.dataset("train", 64).take(5), epochs=1, verbose=0)
+        moved = {n: float(np.abs(t.numpy()[0] - before[n]).max()) for n, t in tables.items()}
+        if dropout:
+            assert min(moved.values()) > 1e-4, moved
+        else:
+            assert max(moved.values()) == 0.0, moved
+
+
+def test_no_stale_cache_at_evaluation_prediction_or_export(small_data, tmp_path):
+    """Whenever weights moved after the last refresh, evaluate / predict / export re-encode
+    the history cache first (the scores never come from a stale cache)."""
+    model = _model(small_data, "em3_cached", learning_rate=0.05)
+    train = small_data.dataset("train", 64)
+    model.fit(train.take(3), epochs=1, verbose=0)
+
+    def fresh():
+        return model.content.encode_all().numpy()
+
+    def move_weights():
+        for batch in train.take(2):
+            model.train_step(batch)
+        assert np.abs(model.content_cache.numpy() - fresh()).max() > 1e-4  # stale now
+
+    np.testing.assert_allclose(model.content_cache.numpy(), fresh(), atol=1e-6)  # fit's end
+    move_weights()
+    model.evaluate(small_data.dataset("eval", 64), verbose=0)
+    np.testing.assert_allclose(model.content_cache.numpy(), fresh(), atol=1e-6)
+    move_weights()
+    model.predict(small_data.dataset("test", 64, with_label=False), verbose=0)
+    np.testing.assert_allclose(model.content_cache.numpy(), fresh(), atol=1e-6)
+    move_weights()
+    rows = first_rows(small_data, "test", 20)
+    rows.pop(F.LABEL)
+    path = export_saved_model(model, str(tmp_path / "1"))
+    served = tf.saved_model.load(path).signatures["serving_default"](
+        examples=tf.constant(F.to_examples(rows)))["scores"].numpy()
+    np.testing.assert_allclose(model.content_cache.numpy(), fresh(), atol=1e-6)
+    np.testing.assert_allclose(served, model(rows).numpy(), atol=1e-6)
+
+
+def test_early_stopping_restores_the_best_eval_epoch_and_its_cache(small_data):
+    from em3_tf.training import fit
+    model = _model(small_data, "em3_cached", learning_rate=0.03)
+    history = fit(model, small_data, epochs=4, batch_size=64, verbose=0, patience=1)
+    val_auc = history.history["val_auc"]
+    restored = model.evaluate(small_data.dataset("eval", 1024), return_dict=True, verbose=0)
+    assert restored["auc"] == pytest.approx(max(val_auc), abs=1e-6)
+    np.testing.assert_allclose(model.content_cache.numpy(), model.content.encode_all().numpy(),
+                               atol=1e-6)
+
+
 def test_cache_mode_reads_the_refreshed_cache(small_data):
     model = _model(small_data, "em3_cached")
-    inputs = F.check_features(first_rows(small_data, "test", 8), (), False, 10)
+    inputs = F.check_features(first_rows(small_data, "test", 8), (), False, 10, feedback=True)
     model(inputs)
     assert np.all(model.content_cache.numpy() == 0)
     model.refresh_content_cache()
@@ -107,6 +166,10 @@ def test_bad_input_names_the_feature(small_data):
         model(dict(good, history_item_ids=good[F.HISTORY].reshape(-1)))
     with pytest.raises(F.FeatureError, match="'user_id' must be an integer"):
         model(dict(good, user_id=np.array(["a", "b", "c", "d"])))
+    with pytest.raises(F.FeatureError, match="history_labels"):
+        model({k: v for k, v in good.items() if k != F.HISTORY_LABELS})
+    no_feedback = _model(small_data, "em3_no_feedback")
+    assert no_feedback({k: v for k, v in good.items() if k not in F.FEEDBACK_FEATURES}).shape == 4
 
 
 def test_config_validation_names_the_argument():
@@ -116,6 +179,10 @@ def test_config_validation_names_the_argument():
         EM3Config(content_encoder="concat_mlp", history_content="lora")
     with pytest.raises(ValueError, match="preset"):
         EM3Config.preset("em4")
+    with pytest.raises(ValueError, match="id_dropout"):
+        EM3Config(id_dropout=1.0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        EM3Config(lr_schedule="step")
     config = EM3Config.preset("em3_no_cic", mlp_units=[8])
     assert EM3Config.from_json(config.to_json()) == config
 
@@ -152,7 +219,7 @@ def test_checkpoint_restore_gives_identical_scores(small_data, tmp_path):
 def test_em3_beats_id_only_on_cold_items(cold_start_data):
     """The planted signal reaches cold items only through content (fixed seeds).
 
-    Margin required: 0.05 AUC on the cold test items (measured about 0.09 at these settings).
+    Margin required: 0.05 AUC on the cold test items (measured about 0.15 at these settings).
     """
     common = dict(max_history_len=20, learning_rate=3e-3)
     _, em3 = train_and_evaluate(EM3Config.preset("em3", **common), cold_start_data, epochs=10,
@@ -160,7 +227,7 @@ def test_em3_beats_id_only_on_cold_items(cold_start_data):
     _, ids = train_and_evaluate(EM3Config.preset("id_dcn", **common), cold_start_data, epochs=10,
                                 verbose=0)
     print(f"cold AUC: em3 {em3['cold_auc']:.3f}, id_dcn {ids['cold_auc']:.3f}")
-    assert em3["cold_examples"] > 1000
+    assert em3["cold_examples"] > 600
     assert em3["cold_auc"] > ids["cold_auc"] + 0.05
 
 

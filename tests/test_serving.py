@@ -19,7 +19,7 @@ from conftest import keras_scorer
 from em3_tf import features as F
 from em3_tf._tf import tf
 from em3_tf.data import records
-from serving.client import EM3Client, ServingClientError
+from serving.client import EM3Client, ServingClientError, user_rows
 from serving.local_server import serve, single_model_config
 from tensorflow_serving.apis import (classification_pb2, model_pb2, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
@@ -73,24 +73,39 @@ def request_rows(pushed_pipeline):
 
 
 def _user_and_candidates(test, row=0, n=20):
-    history = test[F.HISTORY][row]
-    user = {F.USER_ID: int(test[F.USER_ID][row]),
-            F.HISTORY: [int(i) for i in history[history != F.PAD_ID]]}
+    """The stored test example `row`'s user (history with feedback, statistics) and `n`
+    distinct test items as candidates."""
+    valid = test[F.HISTORY][row] != F.PAD_ID
+    user = {name: [int(v) for v in test[name][row][valid]] for name in F.SEQUENCES}
+    user.update({name: int(test[name][row]) for name in (F.USER_ID,) + F.USER_STATISTICS})
     return user, list(dict.fromkeys(int(i) for i in test[F.ITEM_ID]))[:n]
 
 
-def test_scores_equal_the_keras_model(server, pushed_pipeline, request_rows):
+def _stored_rows(test, row, candidates):
+    """Raw feature rows of stored example `row` with its item replaced by each candidate."""
+    n = len(candidates)
+    rows = {name: np.repeat(test[name][row:row + 1], n, axis=0)
+            for name in F.raw_features() if name in test}
+    rows[F.ITEM_ID] = np.array(candidates)
+    return rows
+
+
+def test_scores_with_feedback_equal_the_keras_model(server, pushed_pipeline, request_rows):
+    """Client (history with feedback) -> served model == Keras model on the stored features,
+    tolerance 1e-5; and the feedback matters: flipping the history's labels moves scores."""
     summary, config = pushed_pipeline
     score = keras_scorer(summary, config)
-    user, candidates = _user_and_candidates(request_rows, row=5)
+    row = int(np.flatnonzero((request_rows[F.HISTORY] != F.PAD_ID).sum(1) >= 5)[0])
+    user, candidates = _user_and_candidates(request_rows, row=row)
     with EM3Client(server) as client:
         ranked = dict(client.rank(user, candidates))
-    rows = {F.USER_ID: np.full(len(candidates), user[F.USER_ID]),
-            F.ITEM_ID: np.array(candidates),
-            F.HISTORY: np.tile(np.array(user[F.HISTORY]), (len(candidates), 1))}
-    expected = score(rows)
+        flipped = dict(client.rank(
+            dict(user, **{F.HISTORY_LABELS: [1 - v for v in user[F.HISTORY_LABELS]]}),
+            candidates))
+    expected = score(_stored_rows(request_rows, row, candidates))
     served = np.array([ranked[c] for c in candidates])
     np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert np.abs(served - np.array([flipped[c] for c in candidates])).max() > 1e-4
     order = [item for item, _ in EM3Client(server).rank(user, candidates)]
     assert sorted(order) == sorted(candidates)
     assert [ranked[i] for i in order] == sorted(ranked.values(), reverse=True)
@@ -120,8 +135,7 @@ def test_metadata_and_status(server):
 
 def test_classify_and_regress(server, request_rows):
     user, candidates = _user_and_candidates(request_rows, n=4)
-    rows = {F.USER_ID: np.full(4, user[F.USER_ID]), F.ITEM_ID: np.array(candidates),
-            F.HISTORY: np.tile(np.array(user[F.HISTORY]), (4, 1))}
+    rows = user_rows(user, candidates)
     examples = [tf.train.Example.FromString(s) for s in F.to_examples(rows)]
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server))
     regress = regression_pb2.RegressionRequest(
@@ -161,8 +175,7 @@ def _examples(values):
                                   "wrong_input_name"])
 def test_bad_input_gets_its_status_and_the_server_keeps_serving(server, request_rows, case):
     user, candidates = _user_and_candidates(request_rows, n=3)
-    rows = {F.USER_ID: np.full(3, user[F.USER_ID]), F.ITEM_ID: np.array(candidates),
-            F.HISTORY: np.tile(np.array(user[F.HISTORY]), (3, 1))}
+    rows = user_rows(user, candidates)
     good = F.to_examples(rows)
     no_item = F.to_examples({k: v for k, v in rows.items() if k != F.ITEM_ID})
     typed = tf.train.Example.FromString(good[0])
@@ -215,9 +228,7 @@ def test_new_version_is_picked_up_under_load_without_failures(server, served_cop
 
     def load():
         client = EM3Client(server, timeout_s=10, retries=0)
-        rows = {F.USER_ID: np.full(10, user[F.USER_ID]), F.ITEM_ID: np.array(candidates),
-                F.HISTORY: np.tile(np.array(user[F.HISTORY]), (10, 1))}
-        serialized = F.to_examples(rows)
+        serialized = F.to_examples(user_rows(user, candidates))
         deadline = time.monotonic() + 60
         for _ in range(5000):
             if stop.is_set() or time.monotonic() > deadline:
