@@ -24,7 +24,7 @@ def test_first_run_is_blessed_and_pushed(pushed_pipeline):
         assert os.path.exists(os.path.join(version_dir, name)), name
     evaluation = summary["evaluation"]
     assert evaluation["overall"]["auc"] >= float(FLOOR)
-    assert evaluation["cold_items"]["example_count"] > 1000
+    assert evaluation["cold_items"]["example_count"] > 300  # eval window: every cold row in it
     assert evaluation["cold_items"]["auc"] > 0.55
 
 
@@ -112,3 +112,41 @@ def test_kubeflow_v2_spec_compiles(workspace, tmp_path):
         assert name in tasks, sorted(tasks)
     executors = json.dumps(spec["pipelineSpec"]["deploymentSpec"])
     assert "example.registry/em3-tf:0.1.0" in executors
+
+
+def test_tuner_feeds_its_best_hyperparameters_to_the_trainer(pushed_pipeline, workspace):
+    """--tune: TFX's Tuner (KerasTuner random search, 2 trials) over the cached Transform
+    output; the Trainer trains with its best values, the user's overrides still winning."""
+    from em3_tf.export import load_config
+    from em3_tf.tuning import SEARCH_SPACE, read_hyperparameters
+
+    args = pipeline_args(workspace, "--tune", "--max-trials", "2")
+    args[args.index("--epochs") + 1] = "1"
+    args[args.index("--serving-dir") + 1] = str(workspace["base"] / "tuned-serving")
+    local_runner.main(args)
+    config = local_runner.config_from_args(local_runner.parse_args(args))
+    summary = local_runner.summarize(config)
+    best = read_hyperparameters(summary["artifacts"]["EM3Tuner/best_hyperparameters"])
+    assert set(best) == set(SEARCH_SPACE)
+    trained = load_config(os.path.join(summary["artifacts"]["EM3Trainer/model"],
+                                       "Format-Serving"))
+    for name in ("dropout", "id_dropout", "cic_weight", "content_lr_scale"):
+        assert getattr(trained, name) == best[name], name
+    assert trained.learning_rate == 0.003  # --em3-config overrides the tuned value
+
+
+def test_recorded_hyperparameters_are_imported_for_their_data_and_preset(workspace, tmp_path):
+    import keras_tuner
+
+    from em3_tf.tuning import write_hyperparameters
+    from pipelines.pipeline import create_pipeline
+
+    config = local_runner.config_from_args(local_runner.parse_args(pipeline_args(workspace)))
+    ids = {c.id for c in create_pipeline(config).components}
+    assert "recorded_hyperparameters" not in ids and "EM3Tuner" not in ids
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("dropout", 0.3)
+    write_hyperparameters(hp, str(tmp_path / "synthetic" / config.preset))
+    config.hyperparameters_dir = str(tmp_path)
+    ids = {c.id for c in create_pipeline(config).components}
+    assert "recorded_hyperparameters" in ids

@@ -99,7 +99,7 @@ class TrainingSetup:
                              f"EM3Trainer / EM3Tuner, which hand the item catalog artifact to "
                              f"the user code.")
         self.fn_args, self.custom = fn_args, custom
-        self.tft_output = tft.TFTransformOutput(fn_args.transform_output)
+        self.tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
         transformed = self.tft_output.transformed_feature_spec()
         self.context = tuple(n for n in CATEGORICAL if n in transformed
                              and n not in F.scalar_features())
