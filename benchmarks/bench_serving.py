@@ -102,13 +102,15 @@ def main(argv=None):
     target = args.target
     if target is None:
         from serving.local_server import serve
+        from serving.stand_in.batching import BatchingParameters
         from tensorflow_serving.config import model_server_config_pb2
         export_models(args.data, base)
         config = model_server_config_pb2.ModelServerConfig()
         for name in ("em3", "id_dcn"):
             config.model_config_list.config.add(name=name, base_path=os.path.join(base, name),
                                                 model_platform="tensorflow")
-        server = serve(config, port=0, max_batch_size=512, batch_timeout_micros=2000)
+        server = serve(config, port=0, batching=BatchingParameters.from_file(
+            os.path.join("serving", "batching_parameters.txt")))
         target = f"127.0.0.1:{server.port}"
     user, _ = pick_request(args.data)
     test = records.read_split(args.data, "item_cold", "test")

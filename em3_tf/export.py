@@ -88,7 +88,7 @@ def serving_signatures(model, transform_output=None):
             "regress": regress, "classify": classify}
 
 
-def _set_method_names(export_dir):
+def set_method_names(export_dir):
     """Gives `regress` / `classify` TF Serving's method names (TF 2 saves every signature as
     predict), so TF Serving's Regress and Classify APIs accept them."""
     from tensorflow.core.protobuf import saved_model_pb2
@@ -133,7 +133,7 @@ def export_saved_model(model, export_dir: str, transform_output=None, warmup_exa
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
     tf.saved_model.save(model, tmp, signatures=serving_signatures(model, transform_output))
-    _set_method_names(tmp)
+    set_method_names(tmp)
     extra = os.path.join(tmp, "assets.extra")
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(extra, CONFIG_FILE), "w") as f:

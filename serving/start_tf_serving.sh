@@ -25,9 +25,9 @@ tensorflow_model_server is not on PATH. With Docker:
     --model_config_file=/config/models.config \\
     --batching_parameters_file=/config/batching_parameters.txt
 
-Without either (development, CI), the local stand-in speaks the same gRPC API:
+Without either (development, CI), the local stand-in speaks the same gRPC and REST APIs:
 
-  python -m serving.local_server --model_config_file=... or --model_name=$model \\
-    --model_base_path=$serving_dir/$model --port=8500
+  python -m serving.local_server --model_name=$model --model_base_path=$serving_dir/$model \\
+    --port=8500 --rest_api_port=8501 --batching_parameters_file=$here/batching_parameters.txt
 MSG
 exit 1

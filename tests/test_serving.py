@@ -275,6 +275,70 @@ def test_version_labels_from_a_models_config(served_copy, request_rows):
         with EM3Client(target, version_label="blue") as client:
             with pytest.raises(ServingClientError) as error:
                 client.rank(user, candidates)
-        assert error.value.code == grpc.StatusCode.NOT_FOUND and "blue" in str(error.value)
+        assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and "blue" in str(error.value)
     finally:
         srv.stop(0)
+
+
+def _rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+def test_memory_after_ten_pushes_stays_within_1_3x_of_one_push(pushed_pipeline, tmp_path):
+    """The stand-in as its own process (`python -m serving.local_server`), the pushed EM3
+    model re-pushed 10 times: retired versions release their memory and threads."""
+    import sys
+
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    summary, config = pushed_pipeline
+    source = os.path.join(config.push_base, summary["serving_versions"][0])
+    base = tmp_path / "em3"
+    base.mkdir()
+
+    def push(version):
+        target = os.path.join(base, str(version))
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("saved_model.pb"))
+        shutil.copy(os.path.join(source, "saved_model.pb"), os.path.join(target, "saved_model.pb"))
+
+    push(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.local_server", f"--model_base_path={base}", "--port=0",
+         "--file_system_poll_wait_seconds=0.2"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(line.split(":")[-1].split()[0])
+        stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+        def wait_for(version):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                response = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+                    model_spec=model_pb2.ModelSpec(name="em3")), timeout=10)
+                states = {s.version: s.state for s in response.model_version_status}
+                if states in ({version - 1: available, version: available}, {version: available}):
+                    return time.sleep(0.5)
+                time.sleep(0.2)
+            raise AssertionError(f"version {version} not served with its predecessor: {states}")
+
+        wait_for(1)
+        threads = []
+        for version in range(2, 12):
+            push(version)
+            wait_for(version)
+            if version == 2:
+                after_one = _rss_mb(proc.pid)
+            threads.append(len(os.listdir(f"/proc/{proc.pid}/task")))
+        after_ten = _rss_mb(proc.pid)
+        print(f"server RSS after 1 push {after_one:.0f} MB, after 10 {after_ten:.0f} MB; "
+              f"threads {threads}")
+        assert after_ten <= 1.3 * after_one
+        assert threads[-1] <= threads[0]
+    finally:
+        proc.terminate()
+        proc.wait(30)
