@@ -12,9 +12,11 @@ Signatures:
     "0"/"1"): the same model with TF Serving's Regress / Classify method names.
 
 With a TF Transform output, both signatures apply its transform graph to the raw features
-before the model (the graph is exported with the model). The item catalog's token features are
-model variables, so an item that never had an interaction is scored from its content by the
-exported model alone.
+before the model (the graph is exported with the model). Every catalog item's content
+embeddings (target and history branch) are computed at export and stored in the model
+(`EM3Ranker.attach_content_table`), so serving gathers them instead of running the
+Fusion-Q-Former per request; an item that never had an interaction is still scored from its
+content by the exported model alone.
 """
 
 import json
@@ -59,7 +61,7 @@ def serving_signatures(model, transform_output=None):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SIGNATURE_INPUT)])
     def serve_examples(examples):
         raw = tf.io.parse_example(examples, raw_spec)
-        return {SIGNATURE_OUTPUT: model(transform(raw), training=False)}
+        return {SIGNATURE_OUTPUT: model.serve(transform(raw))}
 
     specs = [tf.TensorSpec([None], tf.int64, name=n) for n in names]
     specs += [tf.TensorSpec([None, None], tf.int64, name=n) for n in sequences]
@@ -72,7 +74,7 @@ def serving_signatures(model, transform_output=None):
             ragged = tf.RaggedTensor.from_tensor(t, padding=F.PAD_ID)
             raw[n] = (ragged.to_sparse() if isinstance(raw_spec[n], tf.io.VarLenFeature)
                       else ragged)
-        return {SIGNATURE_OUTPUT: model(transform(raw), training=False)}
+        return {SIGNATURE_OUTPUT: model.serve(transform(raw))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def regress(inputs):
@@ -119,16 +121,20 @@ def write_warmup_requests(export_dir: str, serialized_examples, model_name: str)
 
 
 def export_saved_model(model, export_dir: str, transform_output=None, warmup_examples=None,
-                       model_name="em3") -> str:
+                       model_name="em3", content_table=True) -> str:
     """Writes a SavedModel to `export_dir` (must not exist) and returns it.
 
     It is written to a temporary sibling directory first and renamed into place, so a reader
     never sees a half-written export. `warmup_examples` (serialized tf.Examples) become TF
-    Serving warm-up requests.
+    Serving warm-up requests. With `content_table`, every catalog item's content embeddings
+    (both branches) are computed now and stored in the model, and the signatures read them
+    instead of running the content encoder on every request.
     """
     if tf.io.gfile.exists(export_dir):
         raise FileExistsError(f"Export directory {export_dir} already exists.")
     model.sync_content_cache()
+    if content_table:
+        model.attach_content_table()
     tmp = export_dir.rstrip("/") + ".tmp-export"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)

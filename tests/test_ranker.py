@@ -249,3 +249,39 @@ def test_mixed_precision_training_updates_weights(small_data):
         assert max(moved) > 1e-3
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
+
+
+@pytest.mark.parametrize("preset", ["em3", "em3_no_lora", "em3_cached", "frozen_content"])
+def test_exported_content_table_scores_like_the_live_encoder(small_data, tmp_path, preset):
+    """The export stores every catalog item's content embeddings and serves from them: the
+    scores equal the in-memory model's live encoder (tolerance 1e-5), and they do come from
+    the table (corrupting it in memory moves `serve`'s scores)."""
+    model = _model(small_data, preset, learning_rate=0.01)
+    model.fit(small_data.dataset("train", 64).take(3), epochs=1, verbose=0)
+    rows = first_rows(small_data, "test", 30)
+    rows.pop(F.LABEL)
+    rows[F.ITEM_ID][:3] = [10 ** 9, 10 ** 9 + 1, 10 ** 9 + 2]  # not in the catalog
+    expected = model(rows).numpy()
+    path = export_saved_model(model, str(tmp_path / "1"))
+    served = tf.saved_model.load(path).signatures["serving_default"](
+        examples=tf.constant(F.to_examples(rows)))["scores"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    table = model.content_table.tables["target"]
+    table.assign(table.numpy() + 1.0)
+    assert np.abs(model.serve(rows).numpy() - expected).max() > 1e-4
+
+
+def test_content_table_lookup_and_growth():
+    from em3_tf.layers.content_table import ContentTable
+
+    table = ContentTable([30, 10, 20], np.arange(8, dtype=np.float32).reshape(4, 2))
+    got = table(tf.constant([[10, 20, 30], [-1, 5, 99]], tf.int64)).numpy()
+    # row 0 (unknown) = [0, 1]; id 30 -> [2, 3], id 10 -> [4, 5], id 20 -> [6, 7]
+    np.testing.assert_array_equal(got, [[[4, 5], [6, 7], [2, 3]], [[0, 1], [0, 1], [0, 1]]])
+    table.assign([30, 10, 20, 5], np.arange(10, dtype=np.float32).reshape(5, 2))
+    np.testing.assert_array_equal(table(tf.constant([5, 20], tf.int64)).numpy(),
+                                  [[8, 9], [6, 7]])
+    with pytest.raises(ValueError, match="history"):
+        table.assign([1], np.zeros([2, 2]), np.zeros([2, 2]))
+    with pytest.raises(ValueError, match="target"):
+        ContentTable([1, 2], np.zeros([2, 2]))

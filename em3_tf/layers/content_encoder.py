@@ -48,6 +48,7 @@ class ItemContentEncoder(keras.layers.Layer):
         self.output_dim = int(output_dim)
         self.modality_dims = catalog.modality_dims
         self.num_rows = len(catalog) + 1
+        self.catalog_item_ids = np.asarray(catalog.item_ids, np.int64)  # row k + 1 <-> id k
         self.lookup = keras.layers.IntegerLookup(
             vocabulary=catalog.item_ids, num_oov_indices=1, mask_token=None,
             name="catalog_row")
@@ -85,8 +86,10 @@ class ItemContentEncoder(keras.layers.Layer):
         pooled = tf.gather(self.pooled, rows)
         return self.mlp(pooled)
 
-    def encode_all(self, batch_size=1024):
-        """Content embeddings of every catalog row, `[num_rows, output_dim]` (inference)."""
-        parts = [self(tf.range(start, min(start + batch_size, self.num_rows)), training=False)
+    def encode_all(self, batch_size=1024, adapter=False):
+        """Content embeddings of every catalog row, `[num_rows, output_dim]` (inference; with
+        `adapter`, the history branch's)."""
+        parts = [self(tf.range(start, min(start + batch_size, self.num_rows)), training=False,
+                      adapter=adapter)
                  for start in range(0, self.num_rows, batch_size)]
         return tf.concat(parts, axis=0)

@@ -9,6 +9,7 @@ from em3_tf._tf import float32_policy, keras, tf, tfrs
 from em3_tf.catalog import ItemCatalog
 from em3_tf.config import EM3Config
 from em3_tf.layers.content_encoder import ItemContentEncoder
+from em3_tf.layers.content_table import ContentTable
 from em3_tf.layers.feedback import FeedbackEmbedding, user_statistics
 from em3_tf.layers.target_attention import TargetAttention
 from em3_tf.tasks.cic import ContentIdContrastive
@@ -100,6 +101,7 @@ class EM3Ranker(tfrs.Model):
                 self.id_feedback = FeedbackEmbedding(dim, config.max_rating,
                                                      name="id_sequence_feedback")
         self.content = None
+        self.content_table: Optional[ContentTable] = None  # made by `attach_content_table`
         if config.uses_content:
             self.content = ItemContentEncoder(
                 catalog, kind=config.content_encoder, output_dim=config.content_dim,
@@ -165,8 +167,18 @@ class EM3Ranker(tfrs.Model):
             embeddings = self.content(flat, training=training, adapter=adapter)
         return tf.reshape(embeddings, tf.concat([tf.shape(rows), [self.config.content_dim]], 0))
 
-    def _forward(self, inputs, training):
-        """Returns `(logits [B], parts)`, parts holding what the CIC loss needs."""
+    def _content_of(self, ids, branch, table, training):
+        """Content embeddings of `ids` (`[B]` targets or `[B, L]` history) from `table` when
+        given, else from the live encoder."""
+        if table is not None:
+            return tf.cast(table(ids, branch), self.content.compute_dtype)
+        if branch == "target":
+            return self.content(self.content.rows_of(ids), training=training)
+        return self._history_content(ids, training)
+
+    def _forward(self, inputs, training, table: Optional[ContentTable] = None):
+        """Returns `(logits [B], parts)`, parts holding what the CIC loss needs; with a
+        content `table`, item content is read from it instead of encoded."""
         history = inputs[F.HISTORY]
         mask = tf.not_equal(history, F.PAD_ID)
         embedded = {name: layer(inputs[name], training=training)
@@ -184,11 +196,12 @@ class EM3Ranker(tfrs.Model):
             tower.append(self.id_attention(item_emb, history_ids, mask))
         content = None
         if self.content is not None:
-            content = self.content(self.content.rows_of(inputs[F.ITEM_ID]), training=training)
+            content = self._content_of(inputs[F.ITEM_ID], "target", table, training)
             tower.append(content)
             if self.config.history_content != "none":
                 history_content = self._with_feedback(
-                    "content_feedback", self._history_content(history, training), inputs)
+                    "content_feedback", self._content_of(history, "history", table, training),
+                    inputs)
                 tower.append(self.content_attention(content, history_content, mask))
         x0 = tf.concat([tf.cast(t, self.compute_dtype) for t in tower], axis=-1)
         x = x0
@@ -200,6 +213,34 @@ class EM3Ranker(tfrs.Model):
     def call(self, features, training=False):
         logits, _ = self._forward(self._inputs(features), training)
         return tf.sigmoid(logits)
+
+    def serve(self, features):
+        """Click probabilities `[B]` as `call` gives them at inference, but with item content
+        read from `content_table` when one is attached (what the exported signatures run)."""
+        logits, _ = self._forward(self._inputs(features), False, self.content_table)
+        return tf.sigmoid(logits)
+
+    def attach_content_table(self, batch_size=1024) -> Optional[ContentTable]:
+        """Computes every catalog item's content embedding of both branches with the current
+        weights into `content_table` (created, or refreshed in place); None without content.
+
+        The target branch is the encoder at inference; the history branch is the LoRA
+        adapter's output (`history_content='lora'`), the encoder's (`'full'`) or the frozen
+        cache (`'cache'`).
+        """
+        if self.content is None:
+            return None
+        self.sync_content_cache()
+        target = self.content.encode_all(batch_size).numpy()
+        mode = self.config.history_content
+        history = (None if mode == "none" else self.content_cache.numpy() if mode == "cache"
+                   else self.content.encode_all(batch_size, adapter=mode == "lora").numpy())
+        ids = self.content.catalog_item_ids
+        if self.content_table is None:
+            self.content_table = ContentTable(ids, target, history, name="content_table")
+        else:
+            self.content_table.assign(ids, target, history)
+        return self.content_table
 
     # Training -----------------------------------------------------------------------------
 
