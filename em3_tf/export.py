@@ -9,7 +9,14 @@ Signatures:
     sequences `history_item_ids`, `history_labels`, `history_ratings`, `history_seconds_ago`
     `[B, L]` padded with -1) -> `scores`.
   - `regress` (`inputs` -> `outputs`) and `classify` (`inputs` -> `classes`, `scores` over
-    "0"/"1"): the same model with TF Serving's Regress / Classify method names.
+    "0"/"1"): the same model with TF Serving's Regress / Classify method names. TF Serving's
+    Classify / Regress APIs also take `example_list_with_context` for them.
+  - `serving_context`: `example_list_with_context` (string `[B]`, each a serialized
+    `tensorflow.serving.ExampleListWithContext`: the user's features once in `context`, one
+    tf.Example per candidate, e.g. only `item_id`) -> `scores` (float `[B, N]`, N the longest
+    list of the batch; a shorter list's scores are followed by zeros). TF Ranking's request
+    format for Predict: the user's features and history travel once per request instead of
+    once per candidate (the signature merges them into each candidate before parsing).
 
 With a TF Transform output, both signatures apply its transform graph to the raw features
 before the model (the graph is exported with the model). Every catalog item's content
@@ -30,6 +37,9 @@ CONFIG_FILE = "em3_config.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 SIGNATURE_INPUT = "examples"
 SIGNATURE_OUTPUT = "scores"
+CONTEXT_SIGNATURE = "serving_context"
+CONTEXT_INPUT = "example_list_with_context"
+ELWC_MESSAGE = "tensorflow.serving.ExampleListWithContext"
 
 
 def _raw_inputs(config: EM3Config):
@@ -86,8 +96,42 @@ def serving_signatures(model, transform_output=None):
         classes = tf.tile(tf.constant([["0", "1"]]), [tf.shape(p)[0], 1])
         return {"classes": classes, "scores": tf.stack([1.0 - p, p], axis=1)}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CONTEXT_INPUT)])
+    def serve_with_context(example_list_with_context):
+        sizes, (examples, context) = tf.io.decode_proto(
+            example_list_with_context, ELWC_MESSAGE, ["examples", "context"],
+            [tf.string, tf.string], descriptor_source=_elwc_descriptor_source())
+        context = tf.pad(context, [[0, 0], [0, 1]])[:, :1]  # "" where a list has none
+        valid = tf.range(tf.shape(examples)[1])[None, :] < sizes[:, :1]
+        # Serialized protos concatenate as a merge: each candidate's features over the
+        # context's (a candidate's own value wins), as TF Serving merges them for Classify.
+        merged = tf.boolean_mask(
+            tf.strings.join([tf.broadcast_to(context, tf.shape(examples)), examples]), valid)
+        scores = serve_examples(merged)[SIGNATURE_OUTPUT]
+        return {SIGNATURE_OUTPUT: tf.scatter_nd(tf.where(valid), scores,
+                                                tf.shape(examples, out_type=tf.int64))}
+
     return {"serving_default": serve_examples, "predict_features": serve_features,
-            "regress": regress, "classify": classify}
+            "regress": regress, "classify": classify, CONTEXT_SIGNATURE: serve_with_context}
+
+
+def _elwc_descriptor_source() -> bytes:
+    """`bytes://` + a FileDescriptorSet with TF Serving's `input.proto` and its dependencies,
+    so `tf.io.decode_proto` can read `ExampleListWithContext` inside the graph."""
+    from google.protobuf import descriptor_pb2
+    from tensorflow_serving.apis import input_pb2
+
+    files, seen = descriptor_pb2.FileDescriptorSet(), set()
+
+    def add(descriptor):
+        if descriptor.name not in seen:
+            seen.add(descriptor.name)
+            for dependency in descriptor.dependencies:
+                add(dependency)
+            descriptor.CopyToProto(files.file.add())
+
+    add(input_pb2.DESCRIPTOR)
+    return b"bytes://" + files.SerializeToString()
 
 
 def set_method_names(export_dir):
@@ -106,18 +150,30 @@ def set_method_names(export_dir):
 
 
 def write_warmup_requests(export_dir: str, serialized_examples, model_name: str):
-    """`assets.extra/tf_serving_warmup_requests`: Predict requests TF Serving replays on load."""
+    """`assets.extra/tf_serving_warmup_requests`: Predict requests TF Serving replays on load,
+    one per request format (`serving_default`, `serving_context`)."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    request = predict_pb2.PredictRequest(
+    from tensorflow_serving.apis import input_pb2
+
+    serialized_examples = list(serialized_examples)
+    flat = predict_pb2.PredictRequest(
         model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
-    request.inputs[SIGNATURE_INPUT].CopyFrom(
-        tf.make_tensor_proto(list(serialized_examples), dtype=tf.string))
-    log = prediction_log_pb2.PredictionLog(
-        predict_log=prediction_log_pb2.PredictLog(request=request))
+    flat.inputs[SIGNATURE_INPUT].CopyFrom(
+        tf.make_tensor_proto(serialized_examples, dtype=tf.string))
+    listed = input_pb2.ExampleListWithContext()
+    listed.context.ParseFromString(serialized_examples[0])
+    for example in serialized_examples:
+        listed.examples.add().ParseFromString(example)
+    with_context = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=CONTEXT_SIGNATURE))
+    with_context.inputs[CONTEXT_INPUT].CopyFrom(
+        tf.make_tensor_proto([listed.SerializeToString()], dtype=tf.string))
     path = os.path.join(export_dir, "assets.extra", WARMUP_FILE)
     with tf.io.TFRecordWriter(path) as writer:
-        writer.write(log.SerializeToString())
+        for request in (flat, with_context):
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
 
 
 def export_saved_model(model, export_dir: str, transform_output=None, warmup_examples=None,

@@ -18,8 +18,10 @@ CLI:
     python -m serving.client --target localhost:8500 metadata
     python -m serving.client --target localhost:8500 status
 
-One Predict call per `rank` (one tf.Example per candidate, on the official
-`tensorflow_serving.apis` stubs); retries with exponential backoff on UNAVAILABLE.
+One Predict call per `rank` on the official `tensorflow_serving.apis` stubs: by default an
+`ExampleListWithContext` (the user's features once, one small tf.Example per candidate) to the
+`serving_context` signature; `request_format="flat"` sends one full tf.Example per candidate
+to `serving_default`. Retries with exponential backoff on UNAVAILABLE.
 """
 
 import argparse
@@ -33,9 +35,12 @@ import numpy as np
 
 from em3_tf import features as F
 from em3_tf._tf import tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+from em3_tf.export import CONTEXT_INPUT, CONTEXT_SIGNATURE
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, input_pb2,
                                      model_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
+
+REQUEST_FORMATS = ("context", "flat")
 
 
 class ServingClientError(RuntimeError):
@@ -53,16 +58,24 @@ class EM3Client:
       target: `host:port` of the model server.
       model_name: served model name.
       version, version_label: pin a version or a label (`stable`, `canary`); default newest.
-      signature_name: the serialized-tf.Example signature.
+      signature_name: the serialized-tf.Example signature (flat requests).
+      request_format: how `rank` sends a request: `"context"` (one `ExampleListWithContext`:
+        the user's features once, one small tf.Example per candidate, to the
+        `serving_context` signature) or `"flat"` (one full tf.Example per candidate, to
+        `signature_name`).
       timeout_s: deadline of each call.
       retries: extra attempts on UNAVAILABLE, with `backoff_s * 2**attempt` sleeps.
     """
 
     def __init__(self, target="localhost:8500", model_name="em3", version: Optional[int] = None,
                  version_label: Optional[str] = None, signature_name="serving_default",
-                 timeout_s=5.0, retries=3, backoff_s=0.1):
+                 timeout_s=5.0, retries=3, backoff_s=0.1, request_format="context"):
         if version is not None and version_label:
             raise ValueError("Give at most one of `version` and `version_label`.")
+        if request_format not in REQUEST_FORMATS:
+            raise ValueError(f"`request_format` must be one of {REQUEST_FORMATS}, got "
+                             f"{request_format!r}.")
+        self.request_format = request_format
         if timeout_s <= 0 or retries < 0 or backoff_s < 0:
             raise ValueError("`timeout_s` must be > 0, `retries` and `backoff_s` >= 0.")
         self.target, self.model_name = target, model_name
@@ -114,6 +127,21 @@ class EM3Client:
         return (tf.make_ndarray(response.outputs["scores"]).reshape(-1),
                 response.model_spec.version.value)
 
+    def predict_with_context(self, context: bytes, candidates: Sequence[bytes]
+                             ) -> Tuple[np.ndarray, int]:
+        """Scores serialized candidate tf.Examples merged over one serialized context
+        tf.Example (`serving_context` signature); returns `(scores [n], served version)`."""
+        listed = input_pb2.ExampleListWithContext()
+        listed.context.ParseFromString(context)
+        for candidate in candidates:
+            listed.examples.add().ParseFromString(candidate)
+        request = predict_pb2.PredictRequest(model_spec=self._spec(CONTEXT_SIGNATURE))
+        request.inputs[CONTEXT_INPUT].CopyFrom(
+            tf.make_tensor_proto([listed.SerializeToString()], dtype=tf.string))
+        response = self._call(self.predictions.Predict, request)
+        scores = tf.make_ndarray(response.outputs["scores"]).reshape(-1)[:len(candidates)]
+        return scores, response.model_spec.version.value
+
     def rank(self, user: Dict, candidates: Sequence[int]) -> List[Tuple[int, float]]:
         """`[(item_id, score)]` of `candidates` for `user`, best first.
 
@@ -121,12 +149,15 @@ class EM3Client:
         feedback: the aligned lists `history_item_ids` (most recent first), `history_labels`,
         `history_ratings` and `history_seconds_ago` (seconds before now). The running
         statistics `user_prior_count` / `user_prior_positives` default to those of the given
-        history; pass them when the history is cut. Every candidate becomes one tf.Example
-        of one Predict call.
+        history; pass them when the history is cut. One Predict call, in `request_format`.
         """
         if not len(candidates):
             raise ValueError("`candidates` is empty.")
-        scores, _ = self.predict_examples(F.to_examples(user_rows(user, candidates)))
+        if self.request_format == "flat":
+            scores, _ = self.predict_examples(F.to_examples(user_rows(user, candidates)))
+        else:
+            context, items = context_request(user, candidates)
+            scores, _ = self.predict_with_context(context, items)
         order = np.argsort(-scores, kind="stable")
         return [(int(candidates[i]), float(scores[i])) for i in order]
 
@@ -174,6 +205,18 @@ def user_rows(user: Dict, candidates: Sequence[int]) -> Dict[str, np.ndarray]:
     return rows
 
 
+def context_request(user: Dict, candidates: Sequence[int]) -> Tuple[bytes, List[bytes]]:
+    """`(context, candidates)` serialized tf.Examples of `EM3Client.rank`'s context format:
+    the user's features once, and one `item_id`-only tf.Example per candidate."""
+    rows = user_rows(user, candidates[:1])
+    rows.pop(F.ITEM_ID)
+    context = F.to_examples(rows)[0]
+    items = [tf.train.Example(features=tf.train.Features(feature={
+        F.ITEM_ID: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(c)]))}))
+        .SerializeToString() for c in candidates]
+    return context, items
+
+
 def _ints(text):
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -195,6 +238,8 @@ def main(argv=None):
     p.add_argument("--version", type=int)
     p.add_argument("--version-label")
     p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--request-format", choices=REQUEST_FORMATS, default="context",
+                   help="rank: ExampleListWithContext (default) or one tf.Example per candidate")
     sub = p.add_subparsers(dest="command", required=True)
     rank = sub.add_parser("rank", help="score one user against candidate items")
     rank.add_argument("--user-id", type=int, required=True)
@@ -207,7 +252,7 @@ def main(argv=None):
     sub.add_parser("status", help="GetModelStatus")
     args = p.parse_args(argv)
     with EM3Client(args.target, args.model_name, args.version, args.version_label,
-                   timeout_s=args.timeout) as client:
+                   timeout_s=args.timeout, request_format=args.request_format) as client:
         try:
             if args.command == "rank":
                 user = {F.USER_ID: args.user_id, **args.history}

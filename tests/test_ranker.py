@@ -285,3 +285,33 @@ def test_content_table_lookup_and_growth():
         table.assign([1], np.zeros([2, 2]), np.zeros([2, 2]))
     with pytest.raises(ValueError, match="target"):
         ContentTable([1, 2], np.zeros([2, 2]))
+
+
+def test_serving_context_signature_scores_like_the_flat_one(small_data, tmp_path):
+    """Two ExampleListWithContext requests of different lengths in one batch: each list's
+    scores equal the flat signature's on the merged examples, padding is zero."""
+    from tensorflow_serving.apis import input_pb2
+
+    model = _model(small_data, "em3")
+    model.fit(small_data.dataset("train", 64).take(2), epochs=1, verbose=0)
+    rows = first_rows(small_data, "test", 5)
+    rows.pop(F.LABEL)
+    signatures = tf.saved_model.load(export_saved_model(model, str(tmp_path / "1"))).signatures
+    lists, expected = [], []
+    for user, n in ((0, 4), (3, 2)):
+        user_row = {k: v[user:user + 1] for k, v in rows.items() if k != F.ITEM_ID}
+        listed = input_pb2.ExampleListWithContext()
+        listed.context.ParseFromString(F.to_examples(user_row)[0])
+        for item in rows[F.ITEM_ID][:n]:
+            listed.examples.add().features.feature[F.ITEM_ID].int64_list.value.append(item)
+        lists.append(listed.SerializeToString())
+        flat = {k: np.repeat(v, n, axis=0) for k, v in user_row.items()}
+        flat[F.ITEM_ID] = rows[F.ITEM_ID][:n]
+        expected.append(signatures["serving_default"](
+            examples=tf.constant(F.to_examples(flat)))["scores"].numpy())
+    scores = signatures["serving_context"](
+        example_list_with_context=tf.constant(lists))["scores"].numpy()
+    assert scores.shape == (2, 4)
+    np.testing.assert_allclose(scores[0], expected[0], atol=1e-5)
+    np.testing.assert_allclose(scores[1, :2], expected[1], atol=1e-5)
+    np.testing.assert_array_equal(scores[1, 2:], 0.0)

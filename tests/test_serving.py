@@ -111,6 +111,21 @@ def test_scores_with_feedback_equal_the_keras_model(server, pushed_pipeline, req
     assert [ranked[i] for i in order] == sorted(ranked.values(), reverse=True)
 
 
+def test_example_list_with_context_gives_the_flat_scores(server, request_rows):
+    """`rank` as one ExampleListWithContext (the default) == one tf.Example per candidate,
+    tolerance 1e-5, for a user with a history and one without."""
+    row = int(np.flatnonzero((request_rows[F.HISTORY] != F.PAD_ID).sum(1) >= 5)[0])
+    user, candidates = _user_and_candidates(request_rows, row=row, n=30)
+    newcomer = dict(user, **{name: [] for name in F.SEQUENCES})
+    for user in (user, newcomer):
+        with EM3Client(server, request_format="flat") as flat, EM3Client(server) as listed:
+            expected = dict(flat.rank(user, candidates))
+            got = dict(listed.rank(user, candidates))
+        assert listed.request_format == "context"
+        np.testing.assert_allclose([got[c] for c in candidates],
+                                   [expected[c] for c in candidates], atol=1e-5)
+
+
 def test_cold_items_are_scored_from_their_content(server, request_rows):
     test = request_rows
     cold = np.unique(test[F.ITEM_ID][test["is_cold_item"] == 1])[:20]

@@ -20,14 +20,15 @@ import numpy as np
 import pytest
 
 from em3_tf._tf import tf
-from em3_tf.export import set_method_names, write_warmup_requests
+from em3_tf.export import set_method_names
 from serving.local_server import serve, single_model_config
 from serving.stand_in.batching import Batcher, BatchingParameters
 from serving.stand_in.status import ServingError
 from serving.stand_in.versions import parse_version
 from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, inference_pb2,
                                      model_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
+                                     prediction_log_pb2, prediction_service_pb2_grpc,
+                                     regression_pb2)
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
@@ -73,7 +74,13 @@ def _save(path, weight, warmup_ok=True):
     set_method_names(tmp)
     os.makedirs(os.path.join(tmp, "assets.extra"))
     warm = _example(1.0) if warmup_ok else _example(y=1.0)  # no `x`: the warm-up fails
-    write_warmup_requests(tmp, [warm.SerializeToString()], "tiny")
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="tiny"))
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto([warm.SerializeToString()],
+                                                             dtype=tf.string))
+    with tf.io.TFRecordWriter(os.path.join(tmp, "assets.extra",
+                                           "tf_serving_warmup_requests")) as writer:
+        writer.write(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
     os.rename(tmp, path)
     return str(path)
 
