@@ -2,13 +2,17 @@
 
     .venv/bin/python -m benchmarks.bench_serving [--out benchmarks/results/serving.json]
 
-Trains EM3 and the ID-only DCN baseline for one epoch on MovieLens-100K (item_cold split),
-exports both as version 1 under a temporary base directory, serves them with the local
-stand-in server (`serving.local_server`, batching on) on loopback, and sends Predict requests
-through `serving.client.EM3Client`: one user with 1, 10 or 100 candidates per request, from 1
-or 8 concurrent clients, for a bounded number of requests. Reports p50 / p99 latency (ms),
-requests/s and candidates/s. Run `--target HOST:PORT` to measure a real TF Serving instead
-(serving models named `em3` and `id_dcn`).
+Trains EM3 and the ID-only DCN baseline for one epoch on MovieLens-100K (item_cold split) and
+exports them under a temporary base directory: EM3 twice, with the export-time content table
+(`em3`, the default export) and without it (`em3_live`: the Fusion-Q-Former runs over the
+candidates and the history on every request, as exports did before). Serves them with the
+local stand-in server (`serving.local_server`, `serving/batching_parameters.txt`) on loopback
+and sends Predict requests through `serving.client.EM3Client`: one user with 1, 10 or 100
+candidates per request, from 1 or 8 concurrent clients, in both request formats (`flat`: one
+full tf.Example per candidate; `context`: one ExampleListWithContext), for a bounded number of
+requests. Reports p50 / p99 latency (ms), requests/s and candidates/s, all from one run. Run
+`--target HOST:PORT` to measure a real TF Serving instead (serving models named `em3`,
+`em3_live` and `id_dcn`).
 """
 
 import argparse
@@ -23,8 +27,10 @@ import numpy as np
 
 from benchmarks import machine
 
+MODELS = ("em3", "em3_live", "id_dcn")
 CANDIDATES = (1, 10, 100)
 CONCURRENCY = (1, 8)
+FORMATS = ("flat", "context")
 
 
 def export_models(data_dir, base):
@@ -40,19 +46,23 @@ def export_models(data_dir, base):
         model = build_ranker(EM3Config.preset(preset, context_features=data.context_features),
                              data)
         print(f"training {preset} (1 epoch) for the serving benchmark ...", flush=True)
-        fit(model, data, epochs=1, verbose=0, validate=False)
+        fit(model, data, epochs=1, verbose=0, patience=None)
         export_saved_model(model, os.path.join(base, preset, "1"), model_name=preset)
+        if preset == "em3":
+            export_saved_model(model, os.path.join(base, "em3_live", "1"),
+                               model_name="em3_live", content_table=False)
     return data
 
 
-def measure(target, model_name, user, items, candidates, concurrency, requests_per_client):
+def measure(target, model_name, user, items, candidates, concurrency, requests_per_client,
+            request_format):
     from serving.client import EM3Client
     latencies, errors = [], []
     lock = threading.Lock()
 
     def worker(seed):
         rng = np.random.default_rng(seed)
-        with EM3Client(target, model_name, timeout_s=30) as client:
+        with EM3Client(target, model_name, timeout_s=30, request_format=request_format) as client:
             client.rank(user, list(items[:candidates]))  # warm the channel
             for _ in range(requests_per_client):
                 chosen = [int(i) for i in rng.choice(items, candidates, replace=False)]
@@ -74,7 +84,8 @@ def measure(target, model_name, user, items, candidates, concurrency, requests_p
         t.join()
     wall = time.perf_counter() - start
     ms = np.array(latencies) * 1000
-    return {"model": model_name, "candidates": candidates, "concurrency": concurrency,
+    return {"model": model_name, "format": request_format, "candidates": candidates,
+            "concurrency": concurrency,
             "requests": len(latencies), "errors": len(errors),
             "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2),
@@ -106,7 +117,7 @@ def main(argv=None):
         from tensorflow_serving.config import model_server_config_pb2
         export_models(args.data, base)
         config = model_server_config_pb2.ModelServerConfig()
-        for name in ("em3", "id_dcn"):
+        for name in MODELS:
             config.model_config_list.config.add(name=name, base_path=os.path.join(base, name),
                                                 model_platform="tensorflow")
         server = serve(config, port=0, batching=BatchingParameters.from_file(
@@ -117,13 +128,15 @@ def main(argv=None):
     items = np.unique(test[F.ITEM_ID])
     rows = []
     try:
-        for model_name in ("em3", "id_dcn"):
-            for candidates in CANDIDATES:
-                for concurrency in CONCURRENCY:
-                    n = args.requests if concurrency == 1 else max(1, args.requests // 4)
-                    row = measure(target, model_name, user, items, candidates, concurrency, n)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+        for model_name in MODELS:
+            for request_format in FORMATS:
+                for candidates in CANDIDATES:
+                    for concurrency in CONCURRENCY:
+                        n = args.requests if concurrency == 1 else max(1, args.requests // 4)
+                        row = measure(target, model_name, user, items, candidates, concurrency,
+                                      n, request_format)
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
     finally:
         if server is not None:
             server.stop(0)

@@ -18,7 +18,8 @@ LABELS = {"id_dcn": "ID-only DCN", "id_din": "ID-only DIN",
           "frozen_content_no_cic": "frozen content, no CIC", "em3": "EM3",
           "em3_no_qformer": "EM3 w/o Q-Former", "em3_no_lora": "EM3 w/o LoRA",
           "em3_no_cic": "EM3 w/o CIC", "em3_no_feedback": "EM3 w/o feedback",
-          "em3_cached": "EM3, cached history"}
+          "em3_cached": "EM3, cached history",
+          "em3_live": "EM3, no content table (Q-Former per request)"}
 # (protocol, column title, metric) of the two quality tables
 QUALITY_COLUMNS = {
     "temporal": [("AUC", "auc"), ("GAUC", "gauc"), ("log-loss", "logloss"),
@@ -94,12 +95,39 @@ def model_markdown(results) -> str:
 
 def serving_markdown(result) -> str:
     lines = [f"Machine: {result['machine']}; server: {result['server']}", "",
-             "| model | candidates / request | concurrency | p50 ms | p99 ms | requests/s | "
-             "candidates/s | errors |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {LABELS.get(r['model'], r['model'])} | {r['candidates']} | {r['concurrency']} "
-              f"| {r['p50_ms']} | {r['p99_ms']} | {r['requests_per_s']} | "
-              f"{r['candidates_per_s']} | {r['errors']} |" for r in result["rows"]]
+             "| model | request format | candidates / request | concurrency | p50 ms | p99 ms | "
+             "requests/s | candidates/s | errors |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {LABELS.get(r['model'], r['model'])} | {r.get('format', 'flat')} | "
+              f"{r['candidates']} | {r['concurrency']} | {r['p50_ms']} | {r['p99_ms']} | "
+              f"{r['requests_per_s']} | {r['candidates_per_s']} | {r['errors']} |"
+              for r in result["rows"]]
+    ratios = serving_ratios(result)
+    if ratios:
+        lines += ["", "Ratios from this run (100 candidates per request, concurrency 1):", ""]
+        lines += [f"- {text}: {value:.2f}x" for text, value in ratios.items()]
     return "\n".join(lines)
+
+
+def serving_ratios(result):
+    """The ratios the serving targets are stated in, from one run's rows."""
+    def row(model, fmt, concurrency=1):
+        return next((r for r in result["rows"] if r["model"] == model and r["candidates"] == 100
+                     and r["concurrency"] == concurrency and r.get("format", "flat") == fmt),
+                    None)
+    out = {}
+    for fmt in ("flat", "context"):
+        em3, base, live = row("em3", fmt), row("id_dcn", fmt), row("em3_live", fmt)
+        if em3 and base:
+            out[f"EM3 p99 / ID-only p99 ({fmt})"] = em3["p99_ms"] / base["p99_ms"]
+        if live and base:
+            out[f"EM3 without content table p99 / ID-only p99 ({fmt})"] = (
+                live["p99_ms"] / base["p99_ms"])
+    for model in ("em3", "id_dcn"):
+        flat, context = row(model, "flat"), row(model, "context")
+        if flat and context:
+            out[f"{LABELS.get(model, model)} candidates/s, context / flat"] = (
+                context["candidates_per_s"] / flat["candidates_per_s"])
+    return out
 
 
 def plot_auc_bars(result, path):
