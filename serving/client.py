@@ -21,11 +21,13 @@ CLI:
 One Predict call per `rank` on the official `tensorflow_serving.apis` stubs: by default an
 `ExampleListWithContext` (the user's features once, one small tf.Example per candidate) to the
 `serving_context` signature; `request_format="flat"` sends one full tf.Example per candidate
-to `serving_default`. Retries with exponential backoff on UNAVAILABLE.
+to `serving_default`. Retries UNAVAILABLE with jittered exponential backoff, all within one
+overall deadline per call.
 """
 
 import argparse
 import json
+import random
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -63,8 +65,8 @@ class EM3Client:
         the user's features once, one small tf.Example per candidate, to the
         `serving_context` signature) or `"flat"` (one full tf.Example per candidate, to
         `signature_name`).
-      timeout_s: deadline of each call.
-      retries: extra attempts on UNAVAILABLE, with `backoff_s * 2**attempt` sleeps.
+      timeout_s: overall deadline of each call, retries included.
+      retries: extra attempts on UNAVAILABLE, after jittered `backoff_s * 2**attempt` sleeps.
     """
 
     def __init__(self, target="localhost:8500", model_name="em3", version: Optional[int] = None,
@@ -76,6 +78,7 @@ class EM3Client:
             raise ValueError(f"`request_format` must be one of {REQUEST_FORMATS}, got "
                              f"{request_format!r}.")
         self.request_format = request_format
+        self._jitter = random.Random()
         if timeout_s <= 0 or retries < 0 or backoff_s < 0:
             raise ValueError("`timeout_s` must be > 0, `retries` and `backoff_s` >= 0.")
         self.target, self.model_name = target, model_name
@@ -107,13 +110,20 @@ class EM3Client:
         return spec
 
     def _call(self, method, request):
+        """One call within one overall deadline of `timeout_s`: UNAVAILABLE is retried up to
+        `retries` times after a jittered exponential backoff (uniform in
+        `[backoff_s * 2**attempt / 2, backoff_s * 2**attempt]`), while time is left."""
+        deadline = time.monotonic() + self.timeout_s
         for attempt in range(self.retries + 1):
+            remaining = deadline - time.monotonic()
             try:
-                return method(request, timeout=self.timeout_s)
+                return method(request, timeout=max(remaining, 1e-3))
             except grpc.RpcError as error:
                 code = error.code()
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    time.sleep(self.backoff_s * 2 ** attempt)
+                pause = self.backoff_s * 2 ** attempt * self._jitter.uniform(0.5, 1.0)
+                if (code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
+                        and time.monotonic() + pause < deadline):
+                    time.sleep(pause)
                     continue
                 raise ServingClientError(code, error.details() or "") from None
         raise AssertionError("unreachable")

@@ -230,7 +230,13 @@ def test_client_retries_unavailable_then_reports_it():
     with pytest.raises(ServingClientError) as error:
         client.status()
     assert error.value.code == grpc.StatusCode.UNAVAILABLE
-    assert time.monotonic() - start >= 0.05 + 0.1  # two backoff sleeps happened
+    assert time.monotonic() - start >= 0.5 * (0.05 + 0.1)  # two jittered backoff sleeps
+    # One overall deadline: many retries allowed, but the call ends within its timeout.
+    client = EM3Client(f"127.0.0.1:{port}", timeout_s=0.4, retries=50, backoff_s=0.05)
+    start = time.monotonic()
+    with pytest.raises(ServingClientError):
+        client.status()
+    assert time.monotonic() - start < 0.4 + 0.2  # 0.2 s for the last attempt's own error
 
 
 def test_new_version_is_picked_up_under_load_without_failures(server, served_copy,
