@@ -233,20 +233,56 @@ def test_em3_beats_id_only_on_cold_items(cold_start_data):
 
 def test_mixed_precision_training_updates_weights(small_data):
     """EM3 trains under mixed_float16 (the pipeline's --mixed-precision): losses stay float32,
-    the loss is finite and the weights move."""
+    the loss is finite and the weights move (after the dynamic loss scale has settled: steps
+    whose scaled gradients overflow are skipped)."""
     policy = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = _model(small_data, "em3")
-        model.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.05))
         assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         model(first_rows(small_data, "train", 4))
         before = {v.name: v.numpy().copy() for v in model.trainable_variables}
-        history = model.fit(small_data.dataset("train", 64).take(3), epochs=1, verbose=0)
+        history = model.fit(small_data.dataset("train", 16).take(15), epochs=1, verbose=0)
         assert np.isfinite(history.history["loss"][-1])
         moved = [np.abs(before[v.name] - v.numpy()).max() for v in model.trainable_variables
                  if v.name in before]
         assert max(moved) > 1e-3
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
+
+
+def test_loss_scaling_keeps_gradients_that_underflow_float16(small_data):
+    """Under mixed_float16, with the loss shrunk by 1e-7 the float16 activation gradients
+    underflow to zero: TFRS's own train_step (no loss scaling) leaves the Q-Former's token
+    projection untouched, EM3Ranker's scaled train_step moves it (Adam turns any surviving
+    gradient into a step of about the learning rate)."""
+    from em3_tf._tf import tfrs
+    from em3_tf.models.ranker import EM3Ranker
+
+    class Tiny(EM3Ranker):
+        def compute_loss(self, features, training=False):
+            return super().compute_loss(features, training) * 1e-7
+
+    policy = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        batch = next(iter(small_data.dataset("train", 64)))
+        moved = {}
+        for name, step in (("unscaled", tfrs.Model.train_step), ("scaled", Tiny.train_step)):
+            tf.keras.utils.set_random_seed(0)
+            config = EM3Config.preset("em3", max_history_len=10, width=16, num_heads=2,
+                                      cic_weight=0.0)
+            model = Tiny(config, small_data.vocabularies(), small_data.catalog)
+            model.compile(optimizer=tf.keras.optimizers.Adam(1e-2, epsilon=1e-12))
+            assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+            model(first_rows(small_data, "train", 4))
+            kernel = model.content.qformer.projections["text"].kernel
+            before = kernel.numpy().copy()
+            step(model, batch)
+            moved[name] = float(np.abs(kernel.numpy() - before).max())
+        assert moved["unscaled"] == 0.0, moved
+        assert moved["scaled"] > 1e-3, moved
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
 

@@ -244,6 +244,27 @@ class EM3Ranker(tfrs.Model):
 
     # Training -----------------------------------------------------------------------------
 
+    def train_step(self, inputs):
+        """`tfrs.Model.train_step` with loss scaling: under a `mixed_float16` policy Keras
+        wraps the optimizer in a `LossScaleOptimizer`, and the loss (kept in float32) is
+        scaled before the gradients and the gradients unscaled after, so small float16
+        gradients do not underflow to zero."""
+        optimizer = self.optimizer
+        scaling = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in self.losses])
+            total_loss = loss + regularization_loss
+            scaled = optimizer.get_scaled_loss(total_loss) if scaling else total_loss
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        if scaling:
+            gradients = optimizer.get_unscaled_gradients(gradients)
+        optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        metrics = {metric.name: metric.result() for metric in self.metrics}
+        metrics.update(loss=loss, regularization_loss=regularization_loss,
+                       total_loss=total_loss)
+        return metrics
+
     def compute_loss(self, features, training=False):
         inputs = self._inputs(features, with_label=True)
         logits, parts = self._forward(inputs, training)
