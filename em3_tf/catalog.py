@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict
+from typing import Any, Dict
 
 import numpy as np
 
@@ -24,12 +24,15 @@ class ItemCatalog:
       tokens: `{modality: float [N, T_m, D_m]}` token features from frozen encoders.
       masks: `{modality: bool [N, T_m]}`; an all-false row means the modality is missing.
       metadata: optional per-item arrays (`[N, ...]`), e.g. a genre label for plots.
+      encoding: how the token features were made (JSON-able: text encoder preset and length,
+        attribute vocabulary, ...), so that items added later are encoded the same way.
     """
 
     item_ids: np.ndarray
     tokens: Dict[str, np.ndarray]
     masks: Dict[str, np.ndarray]
     metadata: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    encoding: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.item_ids = np.asarray(self.item_ids, dtype=np.int64)
@@ -89,7 +92,8 @@ class ItemCatalog:
             json.dump({"num_items": len(self), "modality_dims": self.modality_dims,
                        "tokens_per_modality": {n: int(t.shape[1])
                                                for n, t in self.tokens.items()},
-                       "metadata": sorted(self.metadata)}, f, indent=2)
+                       "metadata": sorted(self.metadata), "encoding": self.encoding}, f,
+                      indent=2)
 
     @classmethod
     def load(cls, path: str) -> "ItemCatalog":
@@ -102,7 +106,13 @@ class ItemCatalog:
                 if "/" in key:
                     group, name = key.split("/", 1)
                     groups[group][name] = data[key]
-            return cls(data["item_ids"], groups["tokens"], groups["masks"], groups["metadata"])
+            arrays = (data["item_ids"], groups["tokens"], groups["masks"], groups["metadata"])
+        info = os.path.join(os.path.dirname(file), "catalog.json")
+        encoding = {}
+        if os.path.exists(info):
+            with open(info) as f:
+                encoding = json.load(f).get("encoding", {})
+        return cls(*arrays, encoding=encoding)
 
     def subset(self, item_ids: np.ndarray) -> "ItemCatalog":
         """The catalog restricted to `item_ids` (in that order); unknown ids raise."""
@@ -114,5 +124,5 @@ class ItemCatalog:
         return ItemCatalog(self.item_ids[rows],
                            {n: t[rows] for n, t in self.tokens.items()},
                            {n: m[rows] for n, m in self.masks.items()},
-                           {n: v[rows] for n, v in self.metadata.items()})
+                           {n: v[rows] for n, v in self.metadata.items()}, dict(self.encoding))
 

@@ -17,6 +17,12 @@ Signatures:
     list of the batch; a shorter list's scores are followed by zeros). TF Ranking's request
     format for Predict: the user's features and history travel once per request instead of
     once per candidate (the signature merges them into each candidate before parsing).
+  - `encode_items` (models with item content): `<modality>_tokens` float `[n, T, D]` and
+    `<modality>_mask` bool `[n, T]` -> `target`, `history` float `[n, content_dim]`: the
+    trained content encoder, for items added after training (`em3_tf.catalog_update`).
+
+`assets.extra/` also holds `em3_config.json` and `catalog_encoding.json` (how the catalog's
+token features were made, so new items are encoded the same way).
 
 With a TF Transform output, both signatures apply its transform graph to the raw features
 before the model (the graph is exported with the model). Every catalog item's content
@@ -38,6 +44,8 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 SIGNATURE_INPUT = "examples"
 SIGNATURE_OUTPUT = "scores"
 CONTEXT_SIGNATURE = "serving_context"
+ENCODE_SIGNATURE = "encode_items"
+CATALOG_ENCODING_FILE = "catalog_encoding.json"
 CONTEXT_INPUT = "example_list_with_context"
 ELWC_MESSAGE = "tensorflow.serving.ExampleListWithContext"
 
@@ -111,8 +119,29 @@ def serving_signatures(model, transform_output=None):
         return {SIGNATURE_OUTPUT: tf.scatter_nd(tf.where(valid), scores,
                                                 tf.shape(examples, out_type=tf.int64))}
 
-    return {"serving_default": serve_examples, "predict_features": serve_features,
-            "regress": regress, "classify": classify, CONTEXT_SIGNATURE: serve_with_context}
+    signatures = {"serving_default": serve_examples, "predict_features": serve_features,
+                  "regress": regress, "classify": classify, CONTEXT_SIGNATURE: serve_with_context}
+    if model.content is not None:
+        signatures[ENCODE_SIGNATURE] = encode_items_signature(model)
+    return signatures
+
+
+def encode_items_signature(model):
+    """`encode_items`: token features of new items -> their content embeddings (what
+    `em3_tf.catalog_update` appends to the exported content table)."""
+    shapes = model.content.token_shapes
+    specs = []
+    for name, (length, dim) in shapes.items():
+        specs += [tf.TensorSpec([None, length, dim], tf.float32, name=f"{name}_tokens"),
+                  tf.TensorSpec([None, length], tf.bool, name=f"{name}_mask")]
+
+    @tf.function(input_signature=specs)
+    def encode_items(*tensors):
+        names = list(shapes)
+        return model.encode_items(dict(zip(names, tensors[0::2])),
+                                  dict(zip(names, tensors[1::2])))
+
+    return encode_items
 
 
 def _elwc_descriptor_source() -> bytes:
@@ -200,6 +229,9 @@ def export_saved_model(model, export_dir: str, transform_output=None, warmup_exa
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(extra, CONFIG_FILE), "w") as f:
         f.write(json.dumps(model.config.get_config(), indent=2, sort_keys=True))
+    if model.content is not None:
+        with tf.io.gfile.GFile(os.path.join(extra, CATALOG_ENCODING_FILE), "w") as f:
+            f.write(json.dumps(model.content.catalog_encoding, indent=2, sort_keys=True))
     if warmup_examples is not None:
         write_warmup_requests(tmp, warmup_examples, model_name)
     tf.io.gfile.rename(tmp, export_dir)

@@ -363,3 +363,40 @@ def test_memory_after_ten_pushes_stays_within_1_3x_of_one_push(pushed_pipeline, 
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_catalog_update_serves_a_new_item_and_keeps_old_scores(server, served_copy,
+                                                              pushed_pipeline, request_rows):
+    """`em3_tf.catalog_update.add_items` on the served base directory: the server picks up
+    the new version; every old item scores as before and the new item, whose token features
+    copy a cold catalog item's, scores exactly as that item (both are unknown to the ID
+    embeddings), where before the update it scored as an item without content (1e-6)."""
+    from em3_tf.catalog import ItemCatalog
+    from em3_tf.catalog_update import add_items
+
+    summary, _ = pushed_pipeline
+    catalog = ItemCatalog.load(summary["artifacts"]["ItemCatalogGen/item_catalog"])
+    test = request_rows
+    cold = int(np.unique(test[F.ITEM_ID][test["is_cold_item"] == 1])[0])
+    new_id = int(catalog.item_ids.max()) + 1000
+    user, warm = _user_and_candidates(test, n=10)
+    candidates = [c for c in warm if c != cold][:8] + [cold, new_id]
+    with EM3Client(server) as client:
+        before = dict(client.rank(user, candidates))
+        version_before = client.predict_examples(F.to_examples(user_rows(user, [cold])))[1]
+        source = catalog.subset(np.array([cold]))
+        target = add_items(served_copy, ItemCatalog(np.array([new_id]), source.tokens,
+                                                    source.masks))
+        version = int(os.path.basename(target))
+        assert version > version_before
+        deadline = time.monotonic() + 60
+        while client.predict_examples(F.to_examples(user_rows(user, [cold])))[1] != version:
+            assert time.monotonic() < deadline, "the new version was not served in 60 s"
+            time.sleep(0.2)
+        after = dict(client.rank(user, candidates))
+    old = [c for c in candidates if c != new_id]
+    np.testing.assert_allclose([after[c] for c in old], [before[c] for c in old], atol=1e-6)
+    np.testing.assert_allclose(after[new_id], after[cold], atol=1e-6)
+    assert abs(before[new_id] - after[new_id]) > 1e-4  # it had no content before
+    with pytest.raises(ValueError, match=str(new_id)):
+        add_items(served_copy, ItemCatalog(np.array([new_id]), source.tokens, source.masks))

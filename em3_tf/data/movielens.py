@@ -97,26 +97,34 @@ def _load_grouplens(path):
             "users": users.drop(columns="zip")}
 
 
-def load_interaction_log(interactions: str, items: str) -> Dict[str, pd.DataFrame]:
-    """Tables from a generic interaction log and item catalog (CSV or Parquet)."""
-    def read(file):
-        return pd.read_parquet(file) if file.endswith((".parquet", ".pq")) else pd.read_csv(file)
-    log, catalog = read(interactions), read(items)
-    need = [F.USER_ID, F.ITEM_ID, TIMESTAMP]
-    missing = [c for c in need if c not in log.columns]
-    if missing or not ({RATING, F.LABEL} & set(log.columns)):
-        raise ValueError(f"Interaction log {interactions} needs columns {need} and '{RATING}' "
-                         f"or '{F.LABEL}'; missing {missing or [RATING]}.")
+def _read_table(file):
+    return pd.read_parquet(file) if file.endswith((".parquet", ".pq")) else pd.read_csv(file)
+
+
+def read_items(items: str) -> pd.DataFrame:
+    """An item table (CSV or Parquet) with `item_id`, `title` and optional `genres`
+    (`|`-separated) and `year`, as `{item_id, title, genres (list), year}`."""
+    catalog = _read_table(items)
     if F.ITEM_ID not in catalog.columns or "title" not in catalog.columns:
         raise ValueError(f"Item catalog {items} needs columns '{F.ITEM_ID}' and 'title'.")
     genres = (catalog["genres"].fillna("").astype(str).str.split("|")
               .map(lambda gs: [g for g in gs if g]) if "genres" in catalog.columns
               else [[] for _ in range(len(catalog))])
     year = catalog["year"].fillna(-1).astype(int) if "year" in catalog.columns else -1
-    items_table = pd.DataFrame({F.ITEM_ID: catalog[F.ITEM_ID].astype(np.int64),
-                                "title": catalog["title"].fillna("").astype(str),
-                                "genres": list(genres), "year": year})
-    return {"interactions": log, "items": items_table, "users": None}
+    return pd.DataFrame({F.ITEM_ID: catalog[F.ITEM_ID].astype(np.int64),
+                         "title": catalog["title"].fillna("").astype(str),
+                         "genres": list(genres), "year": year})
+
+
+def load_interaction_log(interactions: str, items: str) -> Dict[str, pd.DataFrame]:
+    """Tables from a generic interaction log and item catalog (CSV or Parquet)."""
+    log = _read_table(interactions)
+    need = [F.USER_ID, F.ITEM_ID, TIMESTAMP]
+    missing = [c for c in need if c not in log.columns]
+    if missing or not ({RATING, F.LABEL} & set(log.columns)):
+        raise ValueError(f"Interaction log {interactions} needs columns {need} and '{RATING}' "
+                         f"or '{F.LABEL}'; missing {missing or [RATING]}.")
+    return {"interactions": log, "items": read_items(items), "users": None}
 
 
 def item_text(title: str, genres) -> str:
@@ -128,29 +136,44 @@ def _decade(year: int) -> str:
 
 
 def encode_catalog(items: pd.DataFrame, text_preset=None, text_length=24, cache_dir=None,
-                   progress=True) -> ItemCatalog:
-    """The `ItemCatalog` of `items` (text + attribute modalities); cached on disk if asked."""
+                   progress=True, encoding=None) -> ItemCatalog:
+    """The `ItemCatalog` of `items` (text + attribute modalities); cached on disk if asked.
+
+    `encoding` (an existing catalog's `ItemCatalog.encoding`) encodes new items exactly as
+    that catalog's: same text preset and length, same attribute vocabulary and token count
+    (attribute values outside that vocabulary are left out).
+    """
     from em3_tf.data.encoders import TextEncoder, attribute_tokens, default_text_preset
 
+    if encoding:
+        text_preset = text_preset or encoding.get("text_preset")
+        text_length = encoding["text_length"]
     preset = text_preset or default_text_preset()
     texts = [item_text(t, g) for t, g in zip(items["title"], items["genres"])]
-    key = hashlib.sha256(repr(("catalog-v2", texts, list(items[F.ITEM_ID]), list(items["year"]),
-                               os.path.abspath(preset), text_length)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr(("catalog-v3", texts, list(items[F.ITEM_ID]), list(items["year"]),
+                               os.path.abspath(preset), text_length,
+                               encoding)).encode()).hexdigest()[:16]
     path = cache_dir and os.path.join(cache_dir, f"catalog-{key}")
     if path and os.path.exists(os.path.join(path, "catalog.npz")):
         if progress:
             print(f"item catalog: reusing {path}", flush=True)
         return ItemCatalog.load(path)
     text, text_mask = TextEncoder(preset, text_length).encode(texts, progress=progress)
-    genres = sorted({g for gs in items["genres"] for g in gs})
-    decades = sorted({_decade(int(y)) for y in items["year"]})
     values = [list(g) + [_decade(int(y))] for g, y in zip(items["genres"], items["year"])]
-    attrs, attr_mask = attribute_tokens(values, genres + decades,
-                                        max(len(v) for v in values))
+    if encoding:
+        vocabulary, count = encoding["attribute_vocabulary"], encoding["attribute_tokens"]
+    else:
+        vocabulary = (sorted({g for gs in items["genres"] for g in gs})
+                      + sorted({_decade(int(y)) for y in items["year"]}))
+        count = max(len(v) for v in values)
+    attrs, attr_mask = attribute_tokens(values, vocabulary, count)
     main_genre = np.array([g[0] if len(g) else "none" for g in items["genres"]])
     catalog = ItemCatalog(items[F.ITEM_ID].to_numpy(), {"text": text, "attributes": attrs},
                           {"text": text_mask, "attributes": attr_mask},
-                          {"main_genre": main_genre, "year": items["year"].to_numpy()})
+                          {"main_genre": main_genre, "year": items["year"].to_numpy()},
+                          {"text_preset": text_preset, "text_length": int(text_length),
+                           "attribute_vocabulary": list(vocabulary),
+                           "attribute_tokens": int(count)})
     if path:
         catalog.save(path)
     return catalog

@@ -49,6 +49,9 @@ class ItemContentEncoder(keras.layers.Layer):
         self.modality_dims = catalog.modality_dims
         self.num_rows = len(catalog) + 1
         self.catalog_item_ids = np.asarray(catalog.item_ids, np.int64)  # row k + 1 <-> id k
+        self.catalog_encoding = dict(catalog.encoding)
+        self.token_shapes = {name: tuple(int(d) for d in t.shape[1:])
+                             for name, t in catalog.tokens.items()}
         self.lookup = keras.layers.IntegerLookup(
             vocabulary=catalog.item_ids, num_oov_indices=1, mask_token=None,
             name="catalog_row")
@@ -85,6 +88,19 @@ class ItemContentEncoder(keras.layers.Layer):
             return self.qformer(tokens, masks, training=training, adapter=adapter)[1]
         pooled = tf.gather(self.pooled, rows)
         return self.mlp(pooled)
+
+    def encode_tokens(self, tokens, masks, adapter=False):
+        """Content embeddings `[n, output_dim]` (inference) of items given by their token
+        features `{modality: [n, T_m, D_m]}` and masks `{modality: bool [n, T_m]}`, e.g. items
+        added to the catalog after training (`em3_tf.catalog_update`)."""
+        if self.kind == "qformer":
+            return self.qformer(tokens, masks, training=False, adapter=adapter)[1]
+        parts = []
+        for name in self.modality_dims:  # the masked mean of `ItemCatalog.pooled`
+            mask = tf.cast(masks[name], tf.float32)[..., None]
+            total = tf.reduce_sum(tf.cast(tokens[name], tf.float32) * mask, axis=1)
+            parts.append(total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
+        return self.mlp(tf.concat(parts, axis=1))
 
     def encode_all(self, batch_size=1024, adapter=False):
         """Content embeddings of every catalog row, `[num_rows, output_dim]` (inference; with

@@ -58,15 +58,12 @@ class ContentTable(keras.layers.Layer):
 
     def assign(self, item_ids, target, history=None):
         """Replaces the contents (same arguments as the constructor; any number of items)."""
-        ids = np.asarray(item_ids, np.int64)
         if (history is None) != ("history" not in self.tables):
             raise ValueError("`history` must be given exactly when the table has that branch.")
-        order = np.argsort(ids, kind="stable")
-        rows = np.concatenate([[0], order + 1])
-        self.item_ids.assign(ids[order])
-        for name, value in (("target", target), ("history", history)):
-            if value is not None:
-                self.tables[name].assign(np.asarray(value, np.float32)[rows])
+        ids, tables = sorted_by_id(item_ids, {"target": target, "history": history})
+        self.item_ids.assign(ids)
+        for name, value in tables.items():
+            self.tables[name].assign(value)
 
     def rows_of(self, ids):
         """Table rows (int32) of `ids` of any shape; 0 for ids not in the table."""
@@ -84,3 +81,13 @@ class ContentTable(keras.layers.Layer):
         if branch not in self.tables:
             raise ValueError(f"`branch` must be one of {sorted(self.tables)}, got {branch!r}.")
         return tf.gather(self.tables[branch], self.rows_of(ids))
+
+
+def sorted_by_id(item_ids, tables):
+    """`(ids, tables)` with `item_ids` sorted and the rows of each `[len(ids) + 1, D]` table
+    (row 0 the unknown item, then one row per id; None tables are skipped) in that order."""
+    ids = np.asarray(item_ids, np.int64)
+    order = np.argsort(ids, kind="stable")
+    rows = np.concatenate([[0], order + 1])
+    return ids[order], {name: np.asarray(value, np.float32)[rows]
+                        for name, value in tables.items() if value is not None}

@@ -220,6 +220,19 @@ class EM3Ranker(tfrs.Model):
         logits, _ = self._forward(self._inputs(features), False, self.content_table)
         return tf.sigmoid(logits)
 
+    def encode_items(self, tokens, masks) -> Dict[str, tf.Tensor]:
+        """`{"target", "history"}` content embeddings `[n, content_dim]` of items given by
+        their token features (see `ItemContentEncoder.encode_tokens`), as
+        `attach_content_table` computes them for catalog items ("history" only with a
+        history branch)."""
+        target = tf.cast(self.content.encode_tokens(tokens, masks), tf.float32)
+        mode = self.config.history_content
+        if mode == "none":
+            return {"target": target}
+        history = (tf.cast(self.content.encode_tokens(tokens, masks, adapter=True), tf.float32)
+                   if mode == "lora" else target)  # 'full' and 'cache' use the target encoder
+        return {"target": target, "history": history}
+
     def attach_content_table(self, batch_size=1024) -> Optional[ContentTable]:
         """Computes every catalog item's content embedding of both branches with the current
         weights into `content_table` (created, or refreshed in place); None without content.
