@@ -153,6 +153,14 @@ class _Server:
         self.server.stop(0)
 
 
+@pytest.fixture
+def server(tmp_path):
+    """A `_Server` on an empty base directory, closed after the test."""
+    server = _Server(tmp_path / "base")
+    yield server
+    server.close()
+
+
 def _sigmoid(x):
     return 1 / (1 + np.exp(-np.asarray(x, np.float64)))
 
@@ -164,62 +172,54 @@ def test_version_names_parse_as_tf_serving_does():
     assert parse_version("v1") is None and parse_version("1.tmp-export") is None
 
 
-def test_two_broken_pushes_under_load_keep_the_good_version_serving(versions, tmp_path):
-    server = _Server(tmp_path / "base")
-    try:
-        _push(server.base, 1, versions["w1"])
-        _wait(lambda: server.states().get(1) == AVAILABLE, what="version 1")
-        failures, served, stop = [], [], threading.Event()
+def test_two_broken_pushes_under_load_keep_the_good_version_serving(versions, server):
+    _push(server.base, 1, versions["w1"])
+    _wait(lambda: server.states().get(1) == AVAILABLE, what="version 1")
+    failures, served, stop = [], [], threading.Event()
 
-        def load():
-            end = time.monotonic() + 60
-            for _ in range(20000):  # bounded in count and time
-                if stop.is_set() or time.monotonic() > end:
-                    return
-                try:
-                    scores, version = server.predict([0.5, -1.0])
-                    served.append((version, scores))
-                except grpc.RpcError as error:
-                    failures.append((error.code(), error.details()))
+    def load():
+        end = time.monotonic() + 60
+        for _ in range(20000):  # bounded in count and time
+            if stop.is_set() or time.monotonic() > end:
+                return
+            try:
+                scores, version = server.predict([0.5, -1.0])
+                served.append((version, scores))
+            except grpc.RpcError as error:
+                failures.append((error.code(), error.details()))
 
-        threads = [threading.Thread(target=load) for _ in range(3)]
-        for t in threads:
-            t.start()
-        _push_broken(server.base, 2, versions["w2"], "no_variables")
-        _push_broken(server.base, 3, versions["w3"], "truncated")
-        _wait(lambda: server.states().get(2) == END and server.states().get(3) == END,
-              what="both broken versions to give up")
-        time.sleep(0.5)  # the load loop keeps going after the manager gave up
-        count_during_faults = len(served)
-        # A failed version re-pushed valid is served.
-        shutil.rmtree(os.path.join(server.base, "3"))
-        _push(server.base, 3, versions["w3"])
-        _wait(lambda: served and served[-1][0] == 3, what="the re-pushed version 3")
-        stop.set()
-        for t in threads:
-            t.join()
-        assert not failures, failures[:3]
-        assert count_during_faults > 20
-        assert {v for v, _ in served} <= {1, 3}
-        np.testing.assert_allclose(served[-1][1], _sigmoid([1.5, -3.0]), atol=1e-6)
-        _wait(lambda: 1 not in server.states(), what="version 1 to be retired")
-    finally:
-        server.close()
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    _push_broken(server.base, 2, versions["w2"], "no_variables")
+    _push_broken(server.base, 3, versions["w3"], "truncated")
+    _wait(lambda: server.states().get(2) == END and server.states().get(3) == END,
+          what="both broken versions to give up")
+    time.sleep(0.5)  # the load loop keeps going after the manager gave up
+    count_during_faults = len(served)
+    # A failed version re-pushed valid is served.
+    shutil.rmtree(os.path.join(server.base, "3"))
+    _push(server.base, 3, versions["w3"])
+    _wait(lambda: served and served[-1][0] == 3, what="the re-pushed version 3")
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not failures, failures[:3]
+    assert count_during_faults > 20
+    assert {v for v, _ in served} <= {1, 3}
+    np.testing.assert_allclose(served[-1][1], _sigmoid([1.5, -3.0]), atol=1e-6)
+    _wait(lambda: 1 not in server.states(), what="version 1 to be retired")
 
 
-def test_vanished_versions_are_forgotten_and_recreated_ones_reloaded(versions, tmp_path):
-    server = _Server(tmp_path / "base")
-    try:
-        _push(server.base, 1, versions["w1"])
-        _push_broken(server.base, 2, versions["w2"], "no_variables")
-        _wait(lambda: server.states() == {1: AVAILABLE, 2: END}, what="1 served, 2 failed")
-        shutil.rmtree(os.path.join(server.base, "2"))
-        _wait(lambda: 2 not in server.states(), what="version 2 to be forgotten")
-        _push(server.base, 2, versions["w2"])
-        _wait(lambda: server.predict([1.0])[1] == 2, what="version 2 to be served")
-        np.testing.assert_allclose(server.predict([1.0])[0], _sigmoid([2.0]), atol=1e-6)
-    finally:
-        server.close()
+def test_vanished_versions_are_forgotten_and_recreated_ones_reloaded(versions, server):
+    _push(server.base, 1, versions["w1"])
+    _push_broken(server.base, 2, versions["w2"], "no_variables")
+    _wait(lambda: server.states() == {1: AVAILABLE, 2: END}, what="1 served, 2 failed")
+    shutil.rmtree(os.path.join(server.base, "2"))
+    _wait(lambda: 2 not in server.states(), what="version 2 to be forgotten")
+    _push(server.base, 2, versions["w2"])
+    _wait(lambda: server.predict([1.0])[1] == 2, what="version 2 to be served")
+    np.testing.assert_allclose(server.predict([1.0])[0], _sigmoid([2.0]), atol=1e-6)
 
 
 def test_odd_directory_names_and_half_written_versions(versions, tmp_path):
@@ -241,18 +241,14 @@ def test_odd_directory_names_and_half_written_versions(versions, tmp_path):
         server.close()
 
 
-def test_a_failing_warmup_fails_the_load(versions, tmp_path):
-    server = _Server(tmp_path / "base")
-    try:
-        _push(server.base, 1, versions["w1"])
-        _push(server.base, 2, versions["bad_warmup"])
-        _wait(lambda: server.states().get(2) == END, what="version 2 to fail its warm-up")
-        response = server.models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
-            model_spec=model_pb2.ModelSpec(name="tiny", version={"value": 2})), timeout=10)
-        assert "x" in response.model_version_status[0].status.error_message
-        assert server.predict([1.0])[1] == 1
-    finally:
-        server.close()
+def test_a_failing_warmup_fails_the_load(versions, server):
+    _push(server.base, 1, versions["w1"])
+    _push(server.base, 2, versions["bad_warmup"])
+    _wait(lambda: server.states().get(2) == END, what="version 2 to fail its warm-up")
+    response = server.models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+        model_spec=model_pb2.ModelSpec(name="tiny", version={"value": 2})), timeout=10)
+    assert "x" in response.model_version_status[0].status.error_message
+    assert server.predict([1.0])[1] == 1
 
 
 def _vm_rss_mb():
@@ -282,20 +278,16 @@ def test_oversized_request_is_refused_and_the_server_stays_up(versions, tmp_path
         server.close()
 
 
-def test_retired_versions_stop_their_threads(versions, tmp_path):
-    server = _Server(tmp_path / "base")
-    try:
-        _push(server.base, 1, versions["w1"])
-        _wait(lambda: server.states().get(1) == AVAILABLE, what="version 1")
-        counts = []
-        for version in range(2, 8):
-            _push(server.base, version, versions["w2" if version % 2 else "w3"])
-            _wait(lambda: set(server.states()) == {version - 1, version}
-                  and server.states()[version] == AVAILABLE, what=f"version {version}")
-            counts.append(threading.active_count())
-        assert counts[-1] <= counts[0], counts  # 2 versions loaded each time, no leftovers
-    finally:
-        server.close()
+def test_retired_versions_stop_their_threads(versions, server):
+    _push(server.base, 1, versions["w1"])
+    _wait(lambda: server.states().get(1) == AVAILABLE, what="version 1")
+    counts = []
+    for version in range(2, 8):
+        _push(server.base, version, versions["w2" if version % 2 else "w3"])
+        _wait(lambda: set(server.states()) == {version - 1, version}
+              and server.states()[version] == AVAILABLE, what=f"version {version}")
+        counts.append(threading.active_count())
+    assert counts[-1] <= counts[0], counts  # 2 versions loaded each time, no leftovers
 
 
 def test_batcher_queue_limit_and_deadline():
