@@ -220,6 +220,8 @@ def export_saved_model(model, export_dir: str, transform_output=None, warmup_exa
     model.sync_content_cache()
     if content_table:
         model.attach_content_table()
+    else:
+        model.content_table = None  # the signatures run the live encoder
     tmp = export_dir.rstrip("/") + ".tmp-export"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)

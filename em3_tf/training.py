@@ -36,13 +36,34 @@ def learning_rate(config: EM3Config, total_steps: Optional[int], scale: float = 
         warmup_target=peak if warmup else None, warmup_steps=warmup)
 
 
+class CompositeOptimizer(tfrs.experimental.optimizers.CompositeOptimizer):
+    """TFRS's `CompositeOptimizer` (one optimizer per group of variables) whose
+    `apply_gradients` returns the grouped update op, as Keras' `LossScaleOptimizer` needs
+    to wrap it under mixed precision (TFRS's returns None)."""
+
+    def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True):
+        grads_and_vars = list(grads_and_vars)
+        groups = {}
+        for optimizer, variables in self._optimizers_and_vars:
+            mine = {v.ref() for v in variables()}
+            groups[optimizer] = [(g, v) for g, v in grads_and_vars if v.ref() in mine]
+        handled = sum(len(pairs) for pairs in groups.values())
+        if handled != len(grads_and_vars):
+            raise ValueError(f"{len(grads_and_vars) - handled} variable(s) are handled by no "
+                             f"optimizer, or by more than one.")
+        updates = [optimizer.apply_gradients(
+            pairs, name=name, experimental_aggregate_gradients=experimental_aggregate_gradients)
+            for optimizer, pairs in groups.items() if pairs]
+        return tf.group(*[u for u in updates if u is not None])
+
+
 def make_optimizer(config: EM3Config, model: EM3Ranker, total_steps: Optional[int] = None):
     """Adam with `config`'s schedule; a `CompositeOptimizer` when the content encoder has its
     own learning rate scale."""
     if config.content_lr_scale == 1.0 or model.content is None:
         return keras.optimizers.Adam(learning_rate(config, total_steps))
     content_ids = {id(v) for v in model.content.trainable_variables}
-    return tfrs.experimental.optimizers.CompositeOptimizer([
+    return CompositeOptimizer([
         (keras.optimizers.legacy.Adam(learning_rate(config, total_steps,
                                                     config.content_lr_scale)),
          lambda: [v for v in model.trainable_variables if id(v) in content_ids]),

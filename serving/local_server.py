@@ -94,6 +94,9 @@ class ModelServer:
         except ServingError as error:
             status = error.code.name
             raise
+        except Exception:
+            status = "UNKNOWN"
+            raise
         finally:
             self.metrics.record(name, api, entrypoint, status, time.monotonic() - start)
 
@@ -145,6 +148,9 @@ class _GrpcServices(prediction_service_pb2_grpc.PredictionServiceServicer,
             message = str(error)
             context.abort(error.code, message if len(message) <= 1024
                           else message[:1024] + "...TRUNCATED")
+        except Exception as error:  # noqa: BLE001 - the request fails, the server stays up
+            log.exception("internal error")
+            context.abort(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"[:1024])
 
     def Predict(self, request, context):
         return self._run(context, self.server.infer, "predict", request, "GRPC",
@@ -224,11 +230,14 @@ def read_model_config(path: str) -> model_server_config_pb2.ModelServerConfig:
     return config
 
 
-def single_model_config(name, base_path) -> model_server_config_pb2.ModelServerConfig:
+def single_model_config(name, base_path, num_versions=1
+                        ) -> model_server_config_pb2.ModelServerConfig:
+    """What `--model_name` / `--model_base_path` mean: one model, its newest `num_versions`
+    versions (1, as TF Serving)."""
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add(name=name, base_path=os.path.abspath(base_path),
                                                 model_platform="tensorflow")
-    model.model_version_policy.latest.num_versions = 2
+    model.model_version_policy.latest.num_versions = num_versions
     return config
 
 

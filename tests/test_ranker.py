@@ -252,6 +252,30 @@ def test_mixed_precision_training_updates_weights(small_data):
         tf.keras.mixed_precision.set_global_policy(policy)
 
 
+def test_mixed_precision_with_a_content_learning_rate_scale(small_data):
+    """The content encoder's own learning rate (TFRS CompositeOptimizer) under mixed_float16:
+    Keras wraps the composite in a LossScaleOptimizer and both groups of weights train."""
+    from em3_tf.training import make_optimizer
+
+    policy = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _model(small_data, "em3", content_lr_scale=0.3, learning_rate=0.01)
+        model.compile(optimizer=make_optimizer(model.config, model))
+        assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        model(first_rows(small_data, "train", 4))
+        content = {id(v) for v in model.content.trainable_variables}
+        before = {id(v): v.numpy().copy() for v in model.trainable_variables}
+        model.fit(small_data.dataset("train", 16).take(15), epochs=1, verbose=0)
+        moved = {group: max(np.abs(before[id(v)] - v.numpy()).max()
+                            for v in model.trainable_variables if id(v) in before
+                            and (id(v) in content) == (group == "content"))
+                 for group in ("content", "rest")}
+        assert min(moved.values()) > 1e-4, moved
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
+
+
 def test_loss_scaling_keeps_gradients_that_underflow_float16(small_data):
     """Under mixed_float16, with the loss shrunk by 1e-7 the float16 activation gradients
     underflow to zero: TFRS's own train_step (no loss scaling) leaves the Q-Former's token

@@ -129,7 +129,8 @@ class _Server:
                  **kwargs):
         self.base = str(base)
         os.makedirs(self.base, exist_ok=True)
-        self.server = serve(single_model_config("tiny", self.base), port=0, poll_s=0.1,
+        self.server = serve(single_model_config("tiny", self.base, num_versions=2), port=0,
+                            poll_s=0.1,
                             batching=batching, max_num_load_retries=2,
                             load_retry_interval_s=0.05, rest_api_port=0 if rest else None,
                             **kwargs)
@@ -247,7 +248,7 @@ def test_a_failing_warmup_fails_the_load(versions, server):
     _wait(lambda: server.states().get(2) == END, what="version 2 to fail its warm-up")
     response = server.models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
         model_spec=model_pb2.ModelSpec(name="tiny", version={"value": 2})), timeout=10)
-    assert "x" in response.model_version_status[0].status.error_message
+    assert "Feature: x" in response.model_version_status[0].status.error_message
     assert server.predict([1.0])[1] == 1
 
 
@@ -286,30 +287,43 @@ def test_retired_versions_stop_their_threads(versions, server):
         _push(server.base, version, versions["w2" if version % 2 else "w3"])
         _wait(lambda: set(server.states()) == {version - 1, version}
               and server.states()[version] == AVAILABLE, what=f"version {version}")
+        if counts:  # the retired version's batch threads are joined after it leaves
+            _wait(lambda: threading.active_count() <= counts[0], 10, "threads to stop")
         counts.append(threading.active_count())
     assert counts[-1] <= counts[0], counts  # 2 versions loaded each time, no leftovers
 
 
 def test_batcher_queue_limit_and_deadline():
-    release = threading.Event()
+    """Batches of 2 examples, at most 2 queued: a request that waits past its deadline is
+    taken out of the queue (DEADLINE_EXCEEDED), a full queue answers UNAVAILABLE, an
+    oversized request INVALID_ARGUMENT, and every accepted request gets its result."""
+    release, entered = threading.Event(), threading.Event()
 
     def slow(inputs):
+        entered.set()
         release.wait(10)
         return {"y": inputs["x"] * 2}
 
     batcher = Batcher(slow, BatchingParameters(max_batch_size=2, batch_timeout_micros=0,
-                                               max_enqueued_batches=1))
+                                               max_enqueued_batches=2))
+    results, threads = [], []
+
+    def submit():
+        thread = threading.Thread(target=lambda: results.append(batcher({"x": np.ones(2)})))
+        thread.start()
+        threads.append(thread)
+
     try:
-        results = []
-        first = threading.Thread(target=lambda: results.append(batcher({"x": np.ones(2)})))
-        first.start()
-        _wait(lambda: batcher._queued == 0 and not batcher._tasks, 5, "the first batch to run")
-        with pytest.raises(ServingError) as late:
-            batcher({"x": np.ones(1)}, deadline=time.monotonic() + 0.2)  # queued, then expires
+        submit()
+        assert entered.wait(5)  # the first batch runs and blocks
+        submit()
+        _wait(lambda: batcher._queued == 2, 5, "the second request queued")
+        with pytest.raises(ServingError) as late:  # queued behind it, then expires
+            batcher({"x": np.ones(2)}, deadline=time.monotonic() + 0.2)
         assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        second = threading.Thread(target=lambda: results.append(batcher({"x": np.ones(2)})))
-        second.start()
-        _wait(lambda: batcher._queued == 2, 5, "a full queue")
+        assert batcher._queued == 2  # taken out of the queue
+        submit()
+        _wait(lambda: batcher._queued == 4, 5, "a full queue")
         with pytest.raises(ServingError) as full:
             batcher({"x": np.ones(1)})
         assert full.value.code == grpc.StatusCode.UNAVAILABLE and "full" in str(full.value)
@@ -317,9 +331,9 @@ def test_batcher_queue_limit_and_deadline():
             batcher({"x": np.ones(3)})
         assert big.value.code == grpc.StatusCode.INVALID_ARGUMENT
         release.set()
-        first.join(10)
-        second.join(10)
-        assert [r["y"].tolist() for r in results] == [[2.0, 2.0], [2.0, 2.0]]
+        for thread in threads:
+            thread.join(10)
+        assert [r["y"].tolist() for r in results] == [[2.0, 2.0]] * 3
     finally:
         release.set()
         batcher.close()

@@ -58,7 +58,7 @@ def batch_size_of(inputs: Dict[str, np.ndarray]) -> int:
     return len(next(iter(inputs.values())))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: a queue lookup must not compare arrays
 class _Task:
     inputs: Dict[str, np.ndarray]
     size: int
@@ -93,18 +93,11 @@ class Batcher:
             raise invalid(f"Task size {size} is larger than maximum input batch size {limit}")
         task = _Task(inputs, size, deadline)
         with self._cond:
-            if self._closed:  # a request that resolved a version just before it was retired
-                return self.fn(inputs)
-            enqueued = math.ceil(self._queued / limit)
-            if enqueued >= self.parameters.max_enqueued_batches:
-                raise ServingError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"The batch scheduling queue to which this task was submitted is full; "
-                    f"currently {enqueued} batches enqueued and max_enqueued_batches is "
-                    f"{self.parameters.max_enqueued_batches}")
-            self._tasks.append(task)
-            self._queued += size
-            self._cond.notify()
+            closed = self._closed
+            if not closed:
+                self._enqueue(task)
+        if closed:  # a request that resolved a version just before it was retired
+            return self.fn(inputs)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return task.future.result(timeout=timeout)
@@ -115,6 +108,19 @@ class Batcher:
                     self._queued -= task.size
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                "Run() timeout exceeded while waiting in batching queue") from None
+
+    def _enqueue(self, task):
+        """Queues `task` (lock held), or raises UNAVAILABLE when the queue is full."""
+        enqueued = math.ceil(self._queued / self.parameters.max_batch_size)
+        if enqueued >= self.parameters.max_enqueued_batches:
+            raise ServingError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"The batch scheduling queue to which this task was submitted is full; "
+                f"currently {enqueued} batches enqueued and max_enqueued_batches is "
+                f"{self.parameters.max_enqueued_batches}")
+        self._tasks.append(task)
+        self._queued += task.size
+        self._cond.notify()
 
     def close(self, timeout_s=30.0):
         """Runs the queued requests, then stops the batch threads."""
@@ -149,22 +155,31 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            now = time.monotonic()
-            live = []
-            for task in batch:
-                if not task.future.set_running_or_notify_cancel():
-                    continue  # its caller gave up
-                if task.deadline is not None and now > task.deadline:
-                    task.future.set_exception(ServingError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        "Run() timeout exceeded while waiting in batching queue"))
-                    continue
-                live.append(task)
-            groups: Dict[tuple, list] = {}
-            for task in live:  # only requests with the same input keys are merged
-                groups.setdefault(tuple(sorted(task.inputs)), []).append(task)
-            for keys, tasks in groups.items():
-                self._run(keys, tasks)
+            try:
+                self._serve(batch)
+            except Exception as error:  # noqa: BLE001 - no request is left without an answer
+                for task in batch:
+                    if not task.future.done():
+                        task.future.set_exception(ServingError(
+                            grpc.StatusCode.INTERNAL, f"Batch failed: {error}"))
+
+    def _serve(self, batch):
+        now = time.monotonic()
+        live = []
+        for task in batch:
+            if not task.future.set_running_or_notify_cancel():
+                continue  # its caller gave up
+            if task.deadline is not None and now > task.deadline:
+                task.future.set_exception(ServingError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "Run() timeout exceeded while waiting in batching queue"))
+                continue
+            live.append(task)
+        groups: Dict[tuple, list] = {}
+        for task in live:  # only requests with the same input keys are merged
+            groups.setdefault(tuple(sorted(task.inputs)), []).append(task)
+        for keys, tasks in groups.items():
+            self._run(keys, tasks)
 
     def _run(self, keys, tasks):
         if len(tasks) > 1:

@@ -157,7 +157,10 @@ def _examples_request(body, spec, method):
     if not isinstance(body.get("examples"), list):
         raise invalid(f"JSON Value: {json.dumps(body)[:200]} When method is {method}, key "
                       f"'examples' is expected and was not found")
-    spec.signature_name = body.get("signature_name", "")
+    signature = body.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise invalid("'signature_name' key must be a string value.")
+    spec.signature_name = signature
     request = (classification_pb2.ClassificationRequest if method == "classify"
                else regression_pb2.RegressionRequest)(model_spec=spec)
     examples = [_example(_decode(r)) for r in body["examples"]]
@@ -215,6 +218,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 response, preserving_proto_field_name=True, including_default_value_fields=True))
         except ServingError as error:
             self._fail(error)
+        except Exception as error:  # noqa: BLE001 - answer, and keep serving
+            self._fail(ServingError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"))
 
     def do_POST(self):
         path = urllib.parse.urlparse(self.path).path
@@ -224,7 +229,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise invalid(f"Malformed request: POST {path}")
             name, version, label, method = match.groups()
             method = method.lower()
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise invalid("Malformed Content-Length header") from None
             if length > self.server.max_body_bytes:
                 raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    f"Request body of {length} bytes exceeds the limit of "
@@ -253,6 +261,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, {"results": results})
         except ServingError as error:
             self._fail(error)
+        except Exception as error:  # noqa: BLE001 - answer, and keep serving
+            self._fail(ServingError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"))
 
 
 class RestServer:

@@ -58,8 +58,8 @@ class Servable:
             self.close()
             raise
 
-    def _caller(self, key):
-        function = self._functions[key]
+    def _caller(self, key, functions=None):
+        function = (functions or self._functions)[key]
 
         def call(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
             try:
@@ -76,12 +76,13 @@ class Servable:
 
     def run(self, key: str, inputs: Dict[str, np.ndarray], deadline: Optional[float] = None):
         """Runs signature `key` (checked by the caller) on `inputs`, batched if configured."""
-        if self._functions is None:
+        functions, batchers = self._functions, self._batchers  # close() may swap them
+        if functions is None:
             raise ServingError(grpc.StatusCode.UNAVAILABLE,
                                f"Servable {self.name} version {self.version} was unloaded")
-        if key in self._batchers:
-            return self._batchers[key](inputs, deadline)
-        return self._caller(key)(inputs)
+        if key in batchers:
+            return batchers[key](inputs, deadline)
+        return self._caller(key, functions)(inputs)
 
     def in_use(self):
         """Marks a request in flight at once (call it where the version was resolved) and

@@ -255,6 +255,7 @@ class VersionManager:
         for number in sorted(entries, reverse=True):
             state, error = entries[number]
             status = get_model_status_pb2.ModelVersionStatus(version=number, state=state)
+            status.status.SetInParent()  # error_code OK, as TF Serving reports it
             if error:
                 status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
                 status.status.error_message = error
