@@ -56,7 +56,7 @@ def add_items(base: str, items: ItemCatalog, source_version: Optional[int] = Non
         raise ValueError(f"Item ids already in the served catalog: {clash[:10].tolist()}"
                          f"{' ...' if len(clash) > 10 else ''}.")
     encode = loaded.signatures[ENCODE_SIGNATURE]
-    expected = {name: spec for name, spec in encode.structured_input_signature[1].items()}
+    expected = dict(encode.structured_input_signature[1])
     inputs = {}
     for name in items.tokens:
         inputs[f"{name}_tokens"] = tf.constant(items.tokens[name], tf.float32)

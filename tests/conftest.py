@@ -108,3 +108,9 @@ def keras_scorer(summary, config):
         os.path.join(version_dir, "variables", "variables"))
     status.expect_partial().assert_existing_objects_matched()
     return score
+
+
+def rss_mb(pid="self") -> float:
+    """Resident memory (MB) of process `pid` (default: this one), from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import keras_scorer
+from conftest import keras_scorer, rss_mb
 from em3_tf import features as F
 from em3_tf._tf import tf
 from em3_tf.data import records
@@ -301,11 +301,6 @@ def test_version_labels_from_a_models_config(served_copy, request_rows):
         srv.stop(0)
 
 
-def _rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) / 1024
-
-
 def test_memory_after_ten_pushes_stays_within_1_3x_of_one_push(pushed_pipeline, tmp_path):
     """The stand-in as its own process (`python -m serving.local_server`), the pushed EM3
     model re-pushed 10 times: retired versions release their memory and threads."""
@@ -358,9 +353,9 @@ def test_memory_after_ten_pushes_stays_within_1_3x_of_one_push(pushed_pipeline, 
             push(version)
             wait_for(version)
             if version == 2:
-                after_one = _rss_mb(proc.pid)
+                after_one = rss_mb(proc.pid)
             threads.append(len(os.listdir(f"/proc/{proc.pid}/task")))
-        after_ten = _rss_mb(proc.pid)
+        after_ten = rss_mb(proc.pid)
         print(f"server RSS after 1 push {after_one:.0f} MB, after 10 {after_ten:.0f} MB; "
               f"threads {threads}")
         assert after_ten <= 1.3 * after_one

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 
+from conftest import rss_mb
 from em3_tf._tf import tf
 from em3_tf.export import set_method_names
 from serving.local_server import serve, single_model_config
@@ -252,14 +253,6 @@ def test_a_failing_warmup_fails_the_load(versions, server):
     assert server.predict([1.0])[1] == 1
 
 
-def _vm_rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_oversized_request_is_refused_and_the_server_stays_up(versions, tmp_path):
     """100,000 small examples (~3 MB) against max_batch_size 64: INVALID_ARGUMENT before the
     model runs, memory growth under 300 MB, and the next request is served."""
@@ -267,13 +260,13 @@ def test_oversized_request_is_refused_and_the_server_stays_up(versions, tmp_path
     try:
         _push(server.base, 1, versions["w1"])
         _wait(lambda: server.states().get(1) == AVAILABLE, what="version 1")
-        before = _vm_rss_mb()
+        before = rss_mb()
         with pytest.raises(grpc.RpcError) as error:
             server.predict(np.ones(100_000), timeout=60)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "Task size 100000 is larger than maximum input batch size 64" in \
             error.value.details()
-        assert _vm_rss_mb() - before < 300
+        assert rss_mb() - before < 300
         np.testing.assert_allclose(server.predict([0.0])[0], [0.5], atol=1e-6)
     finally:
         server.close()

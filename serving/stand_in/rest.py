@@ -75,7 +75,9 @@ def _tensor(value, dtype):
 
 
 def _predict_request(body: Dict[str, Any], spec: model_pb2.ModelSpec):
-    """`(prepare, row_format)`: the Predict request builder for `ModelServer.infer`."""
+    """`(request, prepare, row_format)`: the Predict request, the function that fills its
+    inputs once the servable's signature is known (`ModelServer.infer(prepare=...)`), and
+    whether the body used the row (`instances`) format."""
     signature = body.get("signature_name", "")
     if not isinstance(signature, str):
         raise invalid("'signature_name' key must be a string value.")
