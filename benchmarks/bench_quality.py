@@ -79,7 +79,11 @@ def _append_jsonl(path, row):
 
 
 def config_key(config) -> str:
-    return hashlib.sha256(config.to_json().encode()).hexdigest()[:12]
+    """A short hash of the config's non-default fields, so a field added later with a default
+    that keeps the old behaviour leaves recorded runs valid."""
+    defaults = type(config)().get_config()
+    changed = {k: v for k, v in config.get_config().items() if defaults[k] != v}
+    return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def tune_presets(args, data):

@@ -28,6 +28,7 @@ from typing import Any, Dict, Tuple
 
 CONTENT_ENCODERS = ("none", "qformer", "concat_mlp", "frozen")
 LR_SCHEDULES = ("constant", "cosine")
+LORA_SCOPES = ("all", "output")
 HISTORY_MODES = ("none", "lora", "full", "cache")
 ATTENTION_MODES = ("joint", "cross")
 
@@ -51,8 +52,14 @@ class EM3Config:
       cic_num_negatives: extra uniformly sampled catalog negatives per batch (0: in-batch only).
       num_queries, num_layers, width, num_heads, attention, ffn_multiplier: Fusion-Q-Former shape.
       modality_dropout: per-example probability of dropping each modality in training.
+      token_dim, max_tokens: a frozen reduction of the catalog's token features before the
+        content encoder (`TokenReduction`): PCA of each token to `token_dim` dims, and each
+        modality's tokens mean-pooled into `max_tokens` segments; 0 keeps them as they are.
       content_dim: size of the item content embedding.
       lora_rank, lora_alpha: LoRA adapter rank and scale numerator (scale = alpha / rank).
+      lora_scope: which Q-Former projections carry the history branch's adapters: `"all"`,
+        or `"output"` (the output projection only: the branch then runs the Q-Former forward
+        only, without a backward pass through it).
       id_embedding_dim: size of user/item/context ID embeddings.
       num_oov_buckets: out-of-vocabulary buckets of each ID lookup.
       max_history_len: history length the model reads (longer inputs are cut, most recent kept).
@@ -91,9 +98,12 @@ class EM3Config:
     attention: str = "joint"
     ffn_multiplier: int = 2
     modality_dropout: float = 0.1
+    token_dim: int = 0
+    max_tokens: int = 0
     content_dim: int = 32
     lora_rank: int = 4
     lora_alpha: float = 8.0
+    lora_scope: str = "all"
     id_embedding_dim: int = 32
     num_oov_buckets: int = 1
     max_history_len: int = 50
@@ -118,6 +128,7 @@ class EM3Config:
         _one_of("history_content", self.history_content, HISTORY_MODES)
         _one_of("attention", self.attention, ATTENTION_MODES)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _one_of("lora_scope", self.lora_scope, LORA_SCOPES)
         for name in ("num_queries", "num_layers", "width", "num_heads", "content_dim",
                      "lora_rank", "id_embedding_dim", "num_oov_buckets", "max_history_len"):
             if int(getattr(self, name)) < 1:
@@ -125,6 +136,10 @@ class EM3Config:
         if self.width % self.num_heads:
             raise ValueError(
                 f"`width` ({self.width}) must be divisible by `num_heads` ({self.num_heads}).")
+        for name in ("token_dim", "max_tokens"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"`{name}` must be >= 0 (0: no reduction), got "
+                                 f"{getattr(self, name)!r}.")
         for name in ("modality_dropout", "dropout", "id_dropout", "warmup_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)!r}.")
@@ -184,19 +199,26 @@ class EM3Config:
         return cls(**{**PRESETS[name], **overrides})
 
 
+# EM3's cost levers (see `em3_full_cost`): every variant with item content reads the same
+# reduced tokens, so that each row of the quality table still changes one factor.
+_LEAN = dict(token_dim=64, max_tokens=8, lora_scope="output")
+
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "em3": {},
+    "em3": dict(_LEAN),
+    "em3_full_cost": {},
     "id_dcn": dict(content_encoder="none", history_content="none", cic_weight=0.0,
                    use_id_sequence=False),
     "id_din": dict(content_encoder="none", history_content="none", cic_weight=0.0),
-    "frozen_content": dict(content_encoder="frozen", history_content="full"),
-    "frozen_content_no_cic": dict(content_encoder="frozen", history_content="full",
-                                  cic_weight=0.0),
-    "em3_no_qformer": dict(content_encoder="concat_mlp", history_content="full"),
-    "em3_no_lora": dict(history_content="full"),
-    "em3_no_cic": dict(cic_weight=0.0),
-    "em3_no_feedback": dict(use_feedback=False),
-    "em3_cached": dict(history_content="cache"),
+    "frozen_content": dict(_LEAN, content_encoder="frozen", history_content="full",
+                           lora_scope="all"),
+    "frozen_content_no_cic": dict(_LEAN, content_encoder="frozen", history_content="full",
+                                  lora_scope="all", cic_weight=0.0),
+    "em3_no_qformer": dict(_LEAN, content_encoder="concat_mlp", history_content="full",
+                           lora_scope="all"),
+    "em3_no_lora": dict(_LEAN, history_content="full", lora_scope="all"),
+    "em3_no_cic": dict(_LEAN, cic_weight=0.0),
+    "em3_no_feedback": dict(_LEAN, use_feedback=False),
+    "em3_cached": dict(_LEAN, history_content="cache", lora_scope="all"),
 }
 
 

@@ -62,8 +62,19 @@ def test_shares_the_base_kernel_of_an_existing_dense():
 
 def test_argument_validation_and_config():
     with pytest.raises(ValueError, match="`rank`"):
-        LoRADense(4, rank=0)
+        LoRADense(4, rank=-1)
     with pytest.raises(ValueError, match="`units`"):
         LoRADense(0)
     layer = LoRADense(4, rank=2, alpha=3.0, base_trainable=True)
     assert LoRADense.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_rank_zero_is_a_frozen_layer_on_the_adapted_branch():
+    """rank 0: no adapter weights; `adapter=True` gives the base output with no gradient."""
+    layer = LoRADense(3, rank=0, base_trainable=True)
+    x = tf.random.stateless_normal([4, 5], seed=[1, 2])
+    with tf.GradientTape() as tape:
+        y = layer(x, adapter=True)
+    np.testing.assert_allclose(y.numpy(), layer(x).numpy(), atol=1e-6)
+    assert layer.adapter_variables == [] and len(layer.trainable_variables) == 2
+    assert all(g is None for g in tape.gradient(y, layer.trainable_variables))

@@ -5,6 +5,7 @@ import numpy as np
 from em3_tf._tf import keras, tf
 from em3_tf.catalog import ItemCatalog
 from em3_tf.layers.qformer import FusionQFormer
+from em3_tf.layers.token_reduction import TokenReduction, masked_mean
 
 
 class ItemContentEncoder(keras.layers.Layer):
@@ -12,7 +13,8 @@ class ItemContentEncoder(keras.layers.Layer):
 
     The catalog's token features are held in non-trainable variables (exported with the
     model), with one extra row 0 for ids not in the catalog (all modalities missing). Ids are
-    mapped to rows with `tf.keras.layers.IntegerLookup`.
+    mapped to rows with `tf.keras.layers.IntegerLookup`. With `token_dim` or `max_tokens`,
+    the tokens are first shrunk by a frozen `TokenReduction` fitted on the catalog.
 
     Encoders (`kind`):
       - `"qformer"`: `FusionQFormer` over the token features (EM3).
@@ -25,6 +27,8 @@ class ItemContentEncoder(keras.layers.Layer):
       kind: encoder kind, see above.
       output_dim: content embedding size.
       qformer_kwargs: `FusionQFormer` arguments other than `modality_dims` / `output_dim`.
+      token_dim, max_tokens: `TokenReduction`'s PCA size per token and segments per
+        modality (0: keep).
 
     Call arguments:
       rows: int `[n]` catalog rows (from `rows_of`).
@@ -40,36 +44,42 @@ class ItemContentEncoder(keras.layers.Layer):
     """
 
     def __init__(self, catalog: ItemCatalog, kind="qformer", output_dim=32, qformer_kwargs=None,
-                 **kwargs):
+                 token_dim=0, max_tokens=0, **kwargs):
         super().__init__(**kwargs)
         if kind not in ("qformer", "concat_mlp", "frozen"):
             raise ValueError(f"`kind` must be 'qformer', 'concat_mlp' or 'frozen', got {kind!r}.")
         self.kind = kind
         self.output_dim = int(output_dim)
-        self.modality_dims = catalog.modality_dims
         self.num_rows = len(catalog) + 1
         self.catalog_item_ids = np.asarray(catalog.item_ids, np.int64)  # row k + 1 <-> id k
         self.catalog_encoding = dict(catalog.encoding)
-        self.token_shapes = {name: tuple(int(d) for d in t.shape[1:])
+        self.token_shapes = {name: tuple(int(d) for d in t.shape[1:])  # raw, before reduction
                              for name, t in catalog.tokens.items()}
         self.lookup = keras.layers.IntegerLookup(
             vocabulary=catalog.item_ids, num_oov_indices=1, mask_token=None,
             name="catalog_row")
+        self.reduction = None
+        tokens, masks = catalog.tokens, catalog.masks
+        if token_dim or max_tokens:
+            self.reduction = TokenReduction(self.token_shapes, token_dim, max_tokens,
+                                            name="token_reduction").fit(tokens, masks)
+            tokens, masks = self.reduction(tokens, masks)
+            tokens = {n: t.numpy() for n, t in tokens.items()}
+            masks = {n: m.numpy() for n, m in masks.items()}
+        self.modality_dims = {name: int(t.shape[-1]) for name, t in tokens.items()}
         self.tokens, self.masks = {}, {}
         if kind == "qformer":
-            for name in catalog.tokens:
-                tokens = catalog.tokens[name]
-                padded = np.concatenate([np.zeros_like(tokens[:1]), tokens])
-                mask = np.concatenate([np.zeros_like(catalog.masks[name][:1]),
-                                       catalog.masks[name]])
-                self.tokens[name] = tf.Variable(padded, trainable=False, name=f"tokens_{name}")
-                self.masks[name] = tf.Variable(mask, trainable=False, name=f"mask_{name}")
+            for name in tokens:  # row 0: the unknown item, no tokens
+                self.tokens[name] = tf.Variable(_with_empty_row(tokens[name]), trainable=False,
+                                                name=f"tokens_{name}")
+                self.masks[name] = tf.Variable(_with_empty_row(masks[name]), trainable=False,
+                                               name=f"mask_{name}")
             self.qformer = FusionQFormer(self.modality_dims, output_dim=output_dim,
                                          name="fusion_qformer", **(qformer_kwargs or {}))
         else:
-            pooled = catalog.pooled()
-            pooled = np.concatenate([np.zeros_like(pooled[:1]), pooled]).astype(np.float32)
-            self.pooled = tf.Variable(pooled, trainable=False, name="pooled_content")
+            pooled = tf.concat([masked_mean(tokens[n], masks[n], axis=1) for n in tokens], 1)
+            self.pooled = tf.Variable(_with_empty_row(np.asarray(pooled, np.float32)),
+                                      trainable=False, name="pooled_content")
             if kind == "concat_mlp":
                 self.mlp = keras.Sequential(
                     [keras.layers.Dense(2 * output_dim, activation="relu"),
@@ -90,17 +100,15 @@ class ItemContentEncoder(keras.layers.Layer):
         return self.mlp(pooled)
 
     def encode_tokens(self, tokens, masks, adapter=False):
-        """Content embeddings `[n, output_dim]` (inference) of items given by their token
+        """Content embeddings `[n, output_dim]` (inference) of items given by their raw token
         features `{modality: [n, T_m, D_m]}` and masks `{modality: bool [n, T_m]}`, e.g. items
         added to the catalog after training (`em3_tf.catalog_update`)."""
+        if self.reduction is not None:
+            tokens, masks = self.reduction(tokens, masks)
         if self.kind == "qformer":
             return self.qformer(tokens, masks, training=False, adapter=adapter)[1]
-        parts = []
-        for name in self.modality_dims:  # the masked mean of `ItemCatalog.pooled`
-            mask = tf.cast(masks[name], tf.float32)[..., None]
-            total = tf.reduce_sum(tf.cast(tokens[name], tf.float32) * mask, axis=1)
-            parts.append(total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
-        return self.mlp(tf.concat(parts, axis=1))
+        return self.mlp(tf.concat(
+            [masked_mean(tokens[n], masks[n], axis=1) for n in self.modality_dims], axis=1))
 
     def encode_all(self, batch_size=1024, adapter=False):
         """Content embeddings of every catalog row, `[num_rows, output_dim]` (inference; with
@@ -109,3 +117,9 @@ class ItemContentEncoder(keras.layers.Layer):
                       adapter=adapter)
                  for start in range(0, self.num_rows, batch_size)]
         return tf.concat(parts, axis=0)
+
+
+def _with_empty_row(values: np.ndarray) -> np.ndarray:
+    """`values [N, ...]` with a zero row 0 (the unknown item) in front."""
+    values = np.asarray(values)
+    return np.concatenate([np.zeros_like(values[:1]), values])

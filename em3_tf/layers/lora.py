@@ -19,7 +19,8 @@ class LoRADense(keras.layers.Layer):
 
     Args:
       units: output size.
-      rank: adapter rank `r`, >= 1.
+      rank: adapter rank `r`; 0 for no adapter (then `adapter=True` gives the stop-gradient
+        base output alone: a frozen layer on the adapted branch).
       alpha: scale numerator; the adapter output is multiplied by `alpha / rank`.
       use_bias: whether the base has a bias.
       base_trainable: whether `W`, `b` are trainable (`False`: classic frozen-base LoRA).
@@ -40,8 +41,8 @@ class LoRADense(keras.layers.Layer):
         super().__init__(**kwargs)
         if int(units) < 1:
             raise ValueError(f"`units` must be >= 1, got {units!r}.")
-        if int(rank) < 1:
-            raise ValueError(f"`rank` must be >= 1, got {rank!r}.")
+        if int(rank) < 0:
+            raise ValueError(f"`rank` must be >= 0, got {rank!r}.")
         if base_layer is not None:
             if not isinstance(base_layer, keras.layers.Dense) or not base_layer.built:
                 raise ValueError("`base_layer` must be a built tf.keras.layers.Dense.")
@@ -58,7 +59,7 @@ class LoRADense(keras.layers.Layer):
 
     @property
     def scale(self):
-        return self.alpha / self.rank
+        return self.alpha / self.rank if self.rank else 0.0
 
     def build(self, input_shape):
         in_dim = int(input_shape[-1])
@@ -75,11 +76,13 @@ class LoRADense(keras.layers.Layer):
             self.bias = (self.add_weight("bias", [self.units], initializer="zeros",
                                          trainable=self.base_trainable)
                          if self.use_bias else None)
-        self.lora_a = self.add_weight(
-            "lora_a", [in_dim, self.rank],
-            initializer=keras.initializers.HeUniform(seed=None), trainable=True)
-        self.lora_b = self.add_weight("lora_b", [self.rank, self.units], initializer="zeros",
-                                      trainable=True)
+        self.lora_a = self.lora_b = None
+        if self.rank:
+            self.lora_a = self.add_weight(
+                "lora_a", [in_dim, self.rank],
+                initializer=keras.initializers.HeUniform(seed=None), trainable=True)
+            self.lora_b = self.add_weight("lora_b", [self.rank, self.units],
+                                          initializer="zeros", trainable=True)
         super().build(input_shape)
 
     def call(self, inputs, adapter=False):
@@ -90,7 +93,7 @@ class LoRADense(keras.layers.Layer):
         # 2-D matmuls: much faster than broadcasting [..., in] x [in, out] (and its gradient)
         flat = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])
         outputs = tf.matmul(flat, tf.cast(kernel, inputs.dtype))
-        if adapter:
+        if adapter and self.rank:
             low_rank = tf.matmul(tf.matmul(flat, tf.cast(self.lora_a, inputs.dtype)),
                                  tf.cast(self.lora_b, inputs.dtype))
             outputs += self.scale * low_rank
@@ -102,10 +105,12 @@ class LoRADense(keras.layers.Layer):
 
     @property
     def adapter_variables(self):
-        return [self.lora_a, self.lora_b]
+        return [self.lora_a, self.lora_b] if self.rank else []
 
     def merged_kernel(self):
         """`W + (alpha / r) A B`, the kernel that gives the adapted output in one matmul."""
+        if not self.rank:
+            return tf.identity(self.kernel)
         return self.kernel + self.scale * tf.matmul(self.lora_a, self.lora_b)
 
     def merge(self, name=None):

@@ -137,7 +137,10 @@ class FusionQFormer(keras.layers.Layer):
     embedding stays usable when a modality is missing at serving time.
 
     Every dense projection is a `LoRADense`: called with `adapter=True` (EM3's history branch)
-    all base weights are stop-gradient and only the low-rank adapters receive gradients.
+    all base weights are stop-gradient and only the low-rank adapters receive gradients. With
+    `lora_scope="all"` every projection has an adapter; with `"output"` only the output
+    projection has one, so the adapted branch is the frozen Q-Former's output plus a low-rank
+    correction and its training step needs no backward pass through the Q-Former.
 
     Args:
       modality_dims: `{modality name: token feature size D_m}`, in a fixed order.
@@ -146,6 +149,8 @@ class FusionQFormer(keras.layers.Layer):
       output_dim: size of the pooled content embedding.
       modality_dropout: per-example, per-modality drop probability in training.
       lora_rank, lora_alpha: adapter rank and scale numerator of every projection.
+      lora_scope: `"all"` (an adapter in every projection) or `"output"` (in the output
+        projection only).
 
     Call arguments:
       tokens: `{modality: float [B, T_m, D_m]}`.
@@ -167,7 +172,7 @@ class FusionQFormer(keras.layers.Layer):
 
     def __init__(self, modality_dims, num_queries=2, num_layers=1, width=64, num_heads=4,
                  attention="joint", ffn_multiplier=2, output_dim=32, modality_dropout=0.0,
-                 lora_rank=4, lora_alpha=8.0, seed=None, **kwargs):
+                 lora_rank=4, lora_alpha=8.0, lora_scope="all", seed=None, **kwargs):
         super().__init__(**kwargs)
         if not modality_dims:
             raise ValueError("`modality_dims` must name at least one modality.")
@@ -178,6 +183,8 @@ class FusionQFormer(keras.layers.Layer):
             raise ValueError(f"`attention` must be 'joint' or 'cross', got {attention!r}.")
         if width % num_heads:
             raise ValueError(f"`width` ({width}) must be divisible by `num_heads` ({num_heads}).")
+        if lora_scope not in ("all", "output"):
+            raise ValueError(f"`lora_scope` must be 'all' or 'output', got {lora_scope!r}.")
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"`modality_dropout` must be in [0, 1), got {modality_dropout!r}.")
         self.modality_dims = {str(k): int(v) for k, v in modality_dims.items()}
@@ -191,16 +198,19 @@ class FusionQFormer(keras.layers.Layer):
         self.modality_dropout = float(modality_dropout)
         self.lora_rank = int(lora_rank)
         self.lora_alpha = float(lora_alpha)
+        self.lora_scope = lora_scope
         self.seed = seed
-        lora = dict(rank=lora_rank, alpha=lora_alpha, base_trainable=True)
+        inner_rank = self.lora_rank if lora_scope == "all" else 0
+        lora = dict(rank=inner_rank, alpha=lora_alpha, base_trainable=True)
         self.projections = {
             name: LoRADense(width, name=f"project_{name}", **lora) for name in modality_dims}
         self.token_norm = _LayerNorm(name="token_norm")
         self.blocks = [
-            _Block(attention, width, num_heads, ffn_multiplier, lora_rank, lora_alpha,
+            _Block(attention, width, num_heads, ffn_multiplier, inner_rank, lora_alpha,
                    name=f"block_{i}") for i in range(num_layers)]
         self.output_norm = _LayerNorm(name="output_norm")
-        self.output_projection = LoRADense(output_dim, name="output_projection", **lora)
+        self.output_projection = LoRADense(output_dim, name="output_projection",
+                                           **{**lora, "rank": self.lora_rank})
 
     def build(self, input_shape):
         self.queries = self.add_weight(
@@ -269,5 +279,6 @@ class FusionQFormer(keras.layers.Layer):
             num_layers=self.num_layers, width=self.width, num_heads=self.num_heads,
             attention=self.attention, ffn_multiplier=self.ffn_multiplier,
             output_dim=self.output_dim, modality_dropout=self.modality_dropout,
-            lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, seed=self.seed)
+            lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, lora_scope=self.lora_scope,
+            seed=self.seed)
         return config
