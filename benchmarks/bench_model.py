@@ -2,8 +2,10 @@
 
     .venv/bin/python -m benchmarks.bench_model [--quick] [--out benchmarks/results/model.json]
 
-1. Training throughput (examples/second, after a warm-up) of EM3 vs the ID-only DCN baseline
-   on SYNTHETIC data (batch 256, history 50).
+1. Training throughput (examples/second, `model.fit` after a 10-step warm-up, each variant in
+   its own process) on MovieLens-100K's temporal training split (batch 256, history 50,
+   tuned hyper-parameters): the ID-only baselines, frozen content, EM3 without its cost
+   levers (`em3_full_cost`), each lever alone, EM3, and EM3 without item de-duplication.
 2. The history branch alone (history content encoding + content-interest attention, forward,
    backward and Adam update) for history lengths 50, 200, 1000 and 2000: LoRA (only adapters train,
    base weights stop-gradient) vs full training vs frozen cache; median step time, peak
@@ -35,22 +37,42 @@ def _rss_mb():
     return float("nan")
 
 
-def throughput(preset, steps, batch_size=256):
+# (label, preset, overrides): the levers of issue 11, one at a time
+THROUGHPUT_VARIANTS = (
+    ("ID-only DCN", "id_dcn", {}),
+    ("ID-only DIN", "id_din", {}),
+    ("frozen content", "frozen_content", {}),
+    ("EM3 without the levers (em3_full_cost)", "em3_full_cost", {}),
+    ("em3_full_cost + token reduction (PCA 64, 8 segments)", "em3_full_cost",
+     dict(token_dim=64, max_tokens=8)),
+    ("em3_full_cost + LoRA in the output projection only", "em3_full_cost",
+     dict(lora_scope="output")),
+    ("EM3 (both levers)", "em3", {}),
+    ("EM3 without item de-duplication", "em3", dict(dedupe_history=False)),
+)
+
+
+def throughput(data_dir, index, steps, batch_size=256):
     from em3_tf._tf import tf
     from em3_tf.config import EM3Config
-    from em3_tf.data.synthetic import make_synthetic
+    from em3_tf.data.records import load_dataset
     from em3_tf.training import build_ranker
+    from em3_tf.tuning import read_hyperparameters
 
-    data = make_synthetic(num_users=1000, num_items=2000, interactions_per_user=(60, 120),
-                          max_history_len=50, seed=0)
+    label, preset, overrides = THROUGHPUT_VARIANTS[index]
+    data = load_dataset(data_dir, "temporal")
+    tuned = read_hyperparameters(os.path.join("pipelines", "hyperparameters", "ml-100k", preset))
+    config = EM3Config.preset(preset, context_features=data.context_features,
+                              **{**tuned, **overrides})
     tf.keras.utils.set_random_seed(0)
-    model = build_ranker(EM3Config.preset(preset, max_history_len=50), data)
+    model = build_ranker(config, data)
     ds = data.dataset("train", batch_size, shuffle=True).repeat()
-    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # trace and warm up
+    model.fit(ds, steps_per_epoch=10, epochs=1, verbose=0)  # trace and warm up
     start = time.perf_counter()
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
-    return {"preset": preset, "steps": steps, "batch_size": batch_size,
+    return {"variant": label, "preset": preset, "overrides": overrides, "steps": steps,
+            "batch_size": batch_size,
             "examples_per_second": round(steps * batch_size / seconds, 1)}
 
 
@@ -123,22 +145,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    parser.add_argument("--data", default="artifacts/ml-100k")
     parser.add_argument("--out", default="benchmarks/results/model.json")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         kind, *rest = args.child
-        result = (throughput(rest[0], int(rest[1])) if kind == "throughput"
+        result = (throughput(rest[0], int(rest[1]), int(rest[2])) if kind == "throughput"
                   else history_branch(rest[0], int(rest[1]), int(rest[2])))
         print(json.dumps(result))
         return
-    steps = 5 if args.quick else 30
-    results = {"machine": machine(),
+    if not os.path.exists(os.path.join(args.data, "summary.json")):
+        from em3_tf.data import build
+        build.main(["--out", args.data])
+    steps = 5 if args.quick else 100
+    results = {"machine": machine(), "data": "MovieLens-100K, temporal train split",
                "throughput": [], "history_branch": []}
-    for preset in ("id_dcn", "em3"):
-        print(f"throughput {preset} ...", flush=True)
-        results["throughput"].append(_child("throughput", [preset, steps]))
-        print("  ", results["throughput"][-1], flush=True)
+    for index, (label, _, _) in enumerate(THROUGHPUT_VARIANTS):
+        print(f"throughput: {label} ...", flush=True)
+        results["throughput"].append(_child("throughput", [args.data, index, steps]))
+        print(f"   {results['throughput'][-1]['examples_per_second']} examples/s", flush=True)
     for length in HISTORY_LENGTHS:
         for mode in MODES:
             print(f"history branch {mode} L={length} ...", flush=True)

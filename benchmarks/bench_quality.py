@@ -29,7 +29,8 @@ import sys
 import time
 
 DEFAULT_PRESETS = ("id_dcn", "id_din", "frozen_content", "frozen_content_no_cic", "em3",
-                   "em3_no_qformer", "em3_no_lora", "em3_no_cic", "em3_no_feedback")
+                   "em3_full_cost", "em3_no_qformer", "em3_no_lora", "em3_no_cic",
+                   "em3_no_feedback")
 REFERENCE = "em3"
 SLICES = ("cold", "warm", "new_user", "returning_user")
 METRICS = ("auc", "gauc", "logloss") + tuple(f"{s}_{m}" for s in SLICES

@@ -99,7 +99,7 @@ def main(argv=None):
     p.add_argument("--data", default="artifacts/ml-100k")
     p.add_argument("--out", default="benchmarks/results/serving.json")
     p.add_argument("--target", help="measure an already running server instead")
-    p.add_argument("--requests", type=int, default=200, help="requests per client thread "
+    p.add_argument("--requests", type=int, default=400, help="requests per client thread "
                                                              "at concurrency 1 (divided by 4 at 8)")
     args = p.parse_args(argv)
     from em3_tf import features as F
@@ -128,15 +128,16 @@ def main(argv=None):
     items = np.unique(test[F.ITEM_ID])
     rows = []
     try:
-        for model_name in MODELS:
-            for request_format in FORMATS:
-                for candidates in CANDIDATES:
-                    for concurrency in CONCURRENCY:
+        for request_format in FORMATS:  # models interleaved, so that drift hits all alike
+            for candidates in CANDIDATES:
+                for concurrency in CONCURRENCY:
+                    for model_name in MODELS:
                         n = args.requests if concurrency == 1 else max(1, args.requests // 4)
                         row = measure(target, model_name, user, items, candidates, concurrency,
                                       n, request_format)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
+        rows.sort(key=lambda r: (MODELS.index(r["model"]), FORMATS.index(r["format"])))
     finally:
         if server is not None:
             server.stop(0)

@@ -80,9 +80,13 @@ def quality_markdown(result) -> str:
 
 
 def model_markdown(results) -> str:
-    lines = [f"Machine: {results['machine']}", "",
-             "| model | training examples/s (batch 256, history 50) |", "|---|---|"]
-    lines += [f"| {LABELS.get(r['preset'], r['preset'])} | {r['examples_per_second']} |"
+    reference = next(r["examples_per_second"] for r in results["throughput"]
+                     if r["preset"] == "id_dcn" and not r.get("overrides"))
+    lines = [f"Machine: {results['machine']}; data: {results.get('data', 'SYNTHETIC')}", "",
+             "| model | training examples/s (batch 256, history 50) | vs ID-only DCN |",
+             "|---|---|---|"]
+    lines += [f"| {r.get('variant', LABELS.get(r['preset'], r['preset']))} | "
+              f"{r['examples_per_second']} | {r['examples_per_second'] / reference:.2f}x |"
               for r in results["throughput"]]
     lines += ["", "History branch alone (batch 16, forward + backward + Adam, no de-duplication):",
               "", "| history length | mode | step ms (median) | peak RSS growth MB | "

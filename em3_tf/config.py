@@ -4,19 +4,22 @@
 
 Each preset changes one factor from `em3`, so a table of them reads as ablations. Every
 preset reads the same inputs (ids, context, feedback sequences, user statistics); "feedback"
-says whether the model uses the feedback.
+says whether the model uses the feedback. Every preset with item content reads the catalog's
+tokens through the same frozen reduction (`token_dim=64`, `max_tokens=8`); `em3_full_cost`
+is EM3 without its two cost levers (raw tokens, LoRA adapters in every Q-Former projection).
 
 | preset                  | item content encoder          | history content              | CIC | ID seq. | feedback |
 |-------------------------|-------------------------------|------------------------------|-----|---------|----------|
-| `em3`                   | Fusion-Q-Former               | Q-Former, LoRA adapters only | yes | yes     | yes      |
+| `em3`                   | Fusion-Q-Former               | Q-Former + LoRA on its output| yes | yes     | yes      |
+| `em3_full_cost`         | Fusion-Q-Former, raw tokens   | Q-Former, LoRA everywhere    | yes | yes     | yes      |
 | `id_dcn`                | none                          | none                         | no  | no      | yes (statistics) |
 | `id_din`                | none                          | none                         | no  | yes     | yes      |
 | `frozen_content`        | frozen pooled tokens + proj.  | the same, live               | yes | yes     | yes      |
 | `frozen_content_no_cic` | frozen pooled tokens + proj.  | the same, live               | no  | yes     | yes      |
 | `em3_no_qformer`        | concat + MLP                  | concat + MLP, fully trained  | yes | yes     | yes      |
 | `em3_no_lora`           | Fusion-Q-Former               | Q-Former, fully trained      | yes | yes     | yes      |
-| `em3_no_cic`            | Fusion-Q-Former               | Q-Former, LoRA adapters only | no  | yes     | yes      |
-| `em3_no_feedback`       | Fusion-Q-Former               | Q-Former, LoRA adapters only | yes | yes     | no       |
+| `em3_no_cic`            | Fusion-Q-Former               | Q-Former + LoRA on its output| no  | yes     | yes      |
+| `em3_no_feedback`       | Fusion-Q-Former               | Q-Former + LoRA on its output| yes | yes     | no       |
 | `em3_cached`            | Fusion-Q-Former               | frozen cache, per epoch      | yes | yes     | yes      |
 """
 
@@ -63,7 +66,8 @@ class EM3Config:
       id_embedding_dim: size of user/item/context ID embeddings.
       num_oov_buckets: out-of-vocabulary buckets of each ID lookup.
       max_history_len: history length the model reads (longer inputs are cut, most recent kept).
-      dedupe_history: encode each distinct history item once per batch.
+      dedupe_history: encode each distinct item once per batch (history items, and
+        candidates), instead of once per occurrence.
       num_cross_layers: `tfrs.layers.dcn.Cross` layers.
       mlp_units: hidden sizes of the MLP after the cross layers.
       dropout: dropout rate in the MLP.

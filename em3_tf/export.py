@@ -38,15 +38,12 @@ import os
 from em3_tf import features as F
 from em3_tf._tf import tf
 from em3_tf.config import EM3Config
+from em3_tf.interface import (CONTEXT_INPUT, CONTEXT_SIGNATURE, ENCODE_SIGNATURE,  # noqa: F401
+                              SIGNATURE_INPUT, SIGNATURE_OUTPUT)
 
 CONFIG_FILE = "em3_config.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
-SIGNATURE_INPUT = "examples"
-SIGNATURE_OUTPUT = "scores"
-CONTEXT_SIGNATURE = "serving_context"
-ENCODE_SIGNATURE = "encode_items"
 CATALOG_ENCODING_FILE = "catalog_encoding.json"
-CONTEXT_INPUT = "example_list_with_context"
 ELWC_MESSAGE = "tensorflow.serving.ExampleListWithContext"
 
 
@@ -104,18 +101,40 @@ def serving_signatures(model, transform_output=None):
         classes = tf.tile(tf.constant([["0", "1"]]), [tf.shape(p)[0], 1])
         return {"classes": classes, "scores": tf.stack([1.0 - p, p], axis=1)}
 
+    user_spec = {n: v for n, v in raw_spec.items() if n != F.ITEM_ID}
+    item_spec = {F.ITEM_ID: raw_spec[F.ITEM_ID],
+                 **{n: tf.io.RaggedFeature(v.dtype) for n, v in user_spec.items()}}
+
+    def score_lists(context, examples, valid):
+        """Scores `[N]` of the valid candidates of each list against its context."""
+        if transform_output is not None:
+            # A Transform may combine user and item features, so it sees whole examples.
+            # Serialized protos concatenate as a merge: each candidate's features over the
+            # context's (a candidate's own value wins), as TF Serving merges them.
+            merged = tf.boolean_mask(
+                tf.strings.join([tf.broadcast_to(context[:, None], tf.shape(examples)),
+                                 examples]), valid)
+            return serve_examples(merged)[SIGNATURE_OUTPUT]
+        # TF Ranking's convention: user features from the context, item_id from each
+        # candidate; the user's part of the model runs once per list.
+        user = tf.io.parse_example(context, user_spec)
+        items = tf.io.parse_example(tf.boolean_mask(examples, valid), item_spec)
+        checks = [tf.debugging.assert_equal(
+            tf.size(items[n].flat_values), 0,
+            message=f"{CONTEXT_SIGNATURE}: candidate examples carry {F.ITEM_ID} only; "
+                    f"feature {n} belongs in the context") for n in user_spec]
+        with tf.control_dependencies(checks):
+            user_index = tf.where(valid)[:, 0]
+        return model.serve({**user, F.ITEM_ID: items[F.ITEM_ID]}, user_index)
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CONTEXT_INPUT)])
     def serve_with_context(example_list_with_context):
         sizes, (examples, context) = tf.io.decode_proto(
             example_list_with_context, ELWC_MESSAGE, ["examples", "context"],
             [tf.string, tf.string], descriptor_source=_elwc_descriptor_source())
-        context = tf.pad(context, [[0, 0], [0, 1]])[:, :1]  # "" where a list has none
+        context = tf.pad(context, [[0, 0], [0, 1]])[:, 0]  # "" where a list has none
         valid = tf.range(tf.shape(examples)[1])[None, :] < sizes[:, :1]
-        # Serialized protos concatenate as a merge: each candidate's features over the
-        # context's (a candidate's own value wins), as TF Serving merges them for Classify.
-        merged = tf.boolean_mask(
-            tf.strings.join([tf.broadcast_to(context, tf.shape(examples)), examples]), valid)
-        scores = serve_examples(merged)[SIGNATURE_OUTPUT]
+        scores = score_lists(context, examples, valid)
         return {SIGNATURE_OUTPUT: tf.scatter_nd(tf.where(valid), scores,
                                                 tf.shape(examples, out_type=tf.int64))}
 

@@ -1,60 +1,16 @@
-"""Feature names, the tf.Example spec and input checks shared by training, export and serving.
+"""The tf.Example spec and input checks shared by training, export and serving.
 
-Every feature name is declared here, once. Raw features of one example (one user, one
-candidate item):
-
-| feature                | dtype | shape    | meaning                                               |
-|------------------------|-------|----------|-------------------------------------------------------|
-| `user_id`              | int64 | `[]`     | user identifier                                       |
-| `item_id`              | int64 | `[]`     | candidate item identifier (>= 0), key into the catalog|
-| `history_item_ids`     | int64 | `[<= L]` | the user's earlier items, most recent first (>= 0)    |
-| `history_labels`       | int64 | `[<= L]` | feedback of each history entry: 1 positive, 0 not     |
-| `history_ratings`      | int64 | `[<= L]` | its rating (e.g. 1-5); 0 where the data has none      |
-| `history_seconds_ago`  | int64 | `[<= L]` | seconds between that interaction and this example     |
-| `user_prior_count`     | int64 | `[]`     | the user's number of earlier interactions (all time)  |
-| `user_prior_positives` | int64 | `[]`     | how many of them were positive                        |
-| context features       | int64 | `[]`     | extra categorical features named in `EM3Config`       |
-| dense features         | float | `[]`     | extra numeric features named in `EM3Config`           |
-| `label`                | int64 | `[]`     | 1 = click (positive), 0 = not; absent at serving      |
-
-"Earlier" means strictly earlier: an interaction at the example's own timestamp is not part
-of its history or statistics. The four history sequences are aligned entry by entry. In
-batched tensors they are dense `[B, L]`, padded with `PAD_ID` (-1).
+Feature names are declared in `em3_tf.interface` (which needs no TensorFlow) and re-exported
+here.
 """
 
 from typing import Dict, Iterable
 
 from em3_tf._tf import tf
-
-USER_ID = "user_id"
-ITEM_ID = "item_id"
-HISTORY = "history_item_ids"
-HISTORY_LABELS = "history_labels"
-HISTORY_RATINGS = "history_ratings"
-HISTORY_SECONDS = "history_seconds_ago"
-USER_COUNT = "user_prior_count"
-USER_POSITIVES = "user_prior_positives"
-LABEL = "label"
-PAD_ID = -1
-
-FEEDBACK_SEQUENCES = (HISTORY_LABELS, HISTORY_RATINGS, HISTORY_SECONDS)
-SEQUENCES = (HISTORY,) + FEEDBACK_SEQUENCES
-USER_STATISTICS = (USER_COUNT, USER_POSITIVES)
-FEEDBACK_FEATURES = FEEDBACK_SEQUENCES + USER_STATISTICS
-
-
-class FeatureError(ValueError):
-    """Raised for a missing, mistyped or mis-shaped input feature; the message names it."""
-
-
-def scalar_features(context_features: Iterable[str] = ()):
-    """The ID features (each gets a vocabulary and an embedding)."""
-    return (USER_ID, ITEM_ID) + tuple(context_features)
-
-
-def raw_features(context_features: Iterable[str] = ()):
-    """Every raw input feature of the model but the label: ids, statistics, sequences."""
-    return scalar_features(context_features) + USER_STATISTICS + SEQUENCES
+from em3_tf.interface import (  # noqa: F401  (re-exported: `F.USER_ID`, ...)
+    FEEDBACK_FEATURES, FEEDBACK_SEQUENCES, HISTORY, HISTORY_LABELS, HISTORY_RATINGS,
+    HISTORY_SECONDS, ITEM_ID, LABEL, PAD_ID, SEQUENCES, USER_COUNT, USER_ID, USER_POSITIVES,
+    USER_STATISTICS, FeatureError, raw_features, scalar_features, to_examples)
 
 
 def example_spec(context_features: Iterable[str] = (), with_label: bool = True):
@@ -129,44 +85,4 @@ def check_features(features: Dict, context_features=(), with_label=False, max_hi
                                f"{value.shape}.")
         out[name] = (value if name == LABEL else
                      tf.cast(value, tf.float32 if name in dense_features else tf.int64))
-    return out
-
-
-def to_examples(features: Dict) -> list:
-    """Serialized tf.Examples (bytes) from a dict of per-example arrays.
-
-    Sequences (`SEQUENCES`) are `[n, L]` rows aligned with `history_item_ids` and `PAD_ID`
-    padded (padding is dropped); every other feature is one integer per example. This is the
-    format of the stored TFRecords, of the serving signature's input and of the gRPC client's
-    requests.
-    """
-    import numpy as np
-
-    if HISTORY not in features:
-        raise FeatureError(f"Missing feature '{HISTORY}' to build tf.Examples.")
-    history = np.asarray(features[HISTORY]).reshape(len(features[HISTORY]), -1)
-    valid = history != PAD_ID
-    columns, sequences = {}, {}
-    for name, value in features.items():
-        value = np.asarray(value)
-        if name in SEQUENCES:
-            value = value.reshape(len(history), -1)
-            if value.shape != history.shape or not np.issubdtype(value.dtype, np.integer):
-                raise FeatureError(f"Feature '{name}' must be integers aligned with '{HISTORY}' "
-                                   f"{history.shape}, got {value.dtype} of shape {value.shape}.")
-            sequences[name] = value
-            continue
-        value = value.reshape(len(history), -1)
-        if value.shape[1] != 1 or not np.issubdtype(value.dtype, np.integer):
-            raise FeatureError(f"Feature '{name}' must hold one integer per example, got "
-                               f"{value.dtype} of shape {value.shape}.")
-        columns[name] = value[:, 0]
-    out = []
-    for row in range(len(history)):
-        feature = {n: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v[row])]))
-                   for n, v in columns.items()}
-        for n, v in sequences.items():
-            feature[n] = tf.train.Feature(int64_list=tf.train.Int64List(value=v[row][valid[row]]))
-        out.append(tf.train.Example(features=tf.train.Features(feature=feature))
-                   .SerializeToString())
     return out

@@ -13,7 +13,7 @@ from tfx import v1 as tfx
 from em3_tf import features as F
 from em3_tf.data.records import FILE_NAME, USER_ACTIVITY
 from em3_tf.data.splits import IS_COLD, IS_NEW_USER
-from em3_tf.export import SIGNATURE_OUTPUT
+from em3_tf.interface import SIGNATURE_OUTPUT
 from pipelines.components import AnomaliesGate, EM3Trainer, EM3Tuner, ItemCatalogGen
 from pipelines.config import PipelineConfig, resolve
 

@@ -35,12 +35,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import grpc
 import numpy as np
 
-from em3_tf import features as F
-from em3_tf._tf import tf
-from em3_tf.export import CONTEXT_INPUT, CONTEXT_SIGNATURE
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, input_pb2,
-                                     model_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from em3_tf import interface as F
+from em3_tf import protos
+from em3_tf.interface import CONTEXT_INPUT, CONTEXT_SIGNATURE, SIGNATURE_INPUT, SIGNATURE_OUTPUT
+
+_P = protos.load()  # the official TF Serving protos, without importing TensorFlow
 
 REQUEST_FORMATS = ("context", "flat")
 
@@ -88,8 +87,8 @@ class EM3Client:
         self.channel = grpc.insecure_channel(
             target, options=[("grpc.max_receive_message_length", 64 << 20),
                              ("grpc.max_send_message_length", 64 << 20)])
-        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self.predictions = _P.prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = _P.model_service_pb2_grpc.ModelServiceStub(self.channel)
 
     def close(self):
         self.channel.close()
@@ -101,7 +100,7 @@ class EM3Client:
         self.close()
 
     def _spec(self, signature_name=None):
-        spec = model_pb2.ModelSpec(name=self.model_name,
+        spec = _P.model_pb2.ModelSpec(name=self.model_name,
                                    signature_name=signature_name or "")
         if self.version is not None:
             spec.version.value = self.version
@@ -130,26 +129,25 @@ class EM3Client:
 
     def predict_examples(self, serialized: Sequence[bytes]) -> Tuple[np.ndarray, int]:
         """Scores serialized tf.Examples; returns `(scores [n], served version)`."""
-        request = predict_pb2.PredictRequest(model_spec=self._spec(self.signature_name))
-        request.inputs["examples"].CopyFrom(
-            tf.make_tensor_proto(list(serialized), dtype=tf.string))
+        request = _P.predict_pb2.PredictRequest(model_spec=self._spec(self.signature_name))
+        request.inputs[SIGNATURE_INPUT].CopyFrom(protos.tensor_proto(list(serialized)))
         response = self._call(self.predictions.Predict, request)
-        return (tf.make_ndarray(response.outputs["scores"]).reshape(-1),
+        return (protos.to_ndarray(response.outputs[SIGNATURE_OUTPUT]).reshape(-1),
                 response.model_spec.version.value)
 
     def predict_with_context(self, context: bytes, candidates: Sequence[bytes]
                              ) -> Tuple[np.ndarray, int]:
         """Scores serialized candidate tf.Examples merged over one serialized context
         tf.Example (`serving_context` signature); returns `(scores [n], served version)`."""
-        listed = input_pb2.ExampleListWithContext()
+        listed = _P.input_pb2.ExampleListWithContext()
         listed.context.ParseFromString(context)
         for candidate in candidates:
             listed.examples.add().ParseFromString(candidate)
-        request = predict_pb2.PredictRequest(model_spec=self._spec(CONTEXT_SIGNATURE))
-        request.inputs[CONTEXT_INPUT].CopyFrom(
-            tf.make_tensor_proto([listed.SerializeToString()], dtype=tf.string))
+        request = _P.predict_pb2.PredictRequest(model_spec=self._spec(CONTEXT_SIGNATURE))
+        request.inputs[CONTEXT_INPUT].CopyFrom(protos.tensor_proto([listed.SerializeToString()]))
         response = self._call(self.predictions.Predict, request)
-        scores = tf.make_ndarray(response.outputs["scores"]).reshape(-1)[:len(candidates)]
+        scores = protos.to_ndarray(response.outputs[SIGNATURE_OUTPUT]).reshape(-1)
+        scores = scores[:len(candidates)]
         return scores, response.model_spec.version.value
 
     def rank(self, user: Dict, candidates: Sequence[int]) -> List[Tuple[int, float]]:
@@ -173,26 +171,32 @@ class EM3Client:
 
     def metadata(self) -> Dict:
         """`{signature: {"inputs": {...}, "outputs": {...}, "method": ...}}` of the model."""
-        request = get_model_metadata_pb2.GetModelMetadataRequest(
+        request = _P.get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=self._spec(), metadata_field=["signature_def"])
         response = self._call(self.predictions.GetModelMetadata, request)
-        signatures = get_model_metadata_pb2.SignatureDefMap()
+        signatures = _P.get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
         return {"version": response.model_spec.version.value, "signatures": {
             key: {"method": d.method_name,
-                  "inputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in d.inputs.items()},
-                  "outputs": {k: tf.dtypes.as_dtype(v.dtype).name for k, v in d.outputs.items()}}
+                  "inputs": {k: _dtype_name(v.dtype) for k, v in d.inputs.items()},
+                  "outputs": {k: _dtype_name(v.dtype) for k, v in d.outputs.items()}}
             for key, d in signatures.signature_def.items()
             if not key.startswith("__")}}  # skips TF's internal __saved_model_init_op
 
     def status(self) -> List[Dict]:
         """`[{"version", "state", "error"}]` of the model's versions."""
-        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._spec())
+        request = _P.get_model_status_pb2.GetModelStatusRequest(model_spec=self._spec())
         response = self._call(self.models.GetModelStatus, request)
         return [{"version": s.version,
-                 "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                 "state": _P.get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
                  "error": s.status.error_message}
                 for s in response.model_version_status]
+
+
+def _dtype_name(dtype: int) -> str:
+    """TensorFlow's name of a `DataType` enum value: `DT_FLOAT` -> "float32"."""
+    name = _P.types_pb2.DataType.Name(dtype)[3:].lower()
+    return {"float": "float32", "double": "float64", "half": "float16"}.get(name, name)
 
 
 def user_rows(user: Dict, candidates: Sequence[int]) -> Dict[str, np.ndarray]:
@@ -221,10 +225,7 @@ def context_request(user: Dict, candidates: Sequence[int]) -> Tuple[bytes, List[
     rows = user_rows(user, candidates[:1])
     rows.pop(F.ITEM_ID)
     context = F.to_examples(rows)[0]
-    items = [tf.train.Example(features=tf.train.Features(feature={
-        F.ITEM_ID: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(c)]))}))
-        .SerializeToString() for c in candidates]
-    return context, items
+    return context, [F.example({F.ITEM_ID: [c]}) for c in candidates]
 
 
 def _ints(text):

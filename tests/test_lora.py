@@ -78,3 +78,13 @@ def test_rank_zero_is_a_frozen_layer_on_the_adapted_branch():
     np.testing.assert_allclose(y.numpy(), layer(x).numpy(), atol=1e-6)
     assert layer.adapter_variables == [] and len(layer.trainable_variables) == 2
     assert all(g is None for g in tape.gradient(y, layer.trainable_variables))
+
+
+def test_merged_adapter_gives_the_adapted_output_in_one_matmul():
+    layer = LoRADense(6, rank=2, base_trainable=True)
+    x = tf.random.stateless_normal([5, 4], seed=[3, 4])
+    layer(x)
+    layer.lora_b.assign(tf.random.stateless_normal([2, 6], seed=[5, 6]))
+    adapted = layer(x, adapter=True).numpy()
+    assert np.abs(adapted - layer(x).numpy()).max() > 1e-3
+    np.testing.assert_allclose(layer(x, adapter="merged").numpy(), adapted, atol=1e-5)

@@ -99,3 +99,29 @@ def test_get_config_round_trip():
                           output_dim=5, lora_rank=3)
     clone = FusionQFormer.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
+
+
+def test_output_lora_scope_adapts_only_the_output_projection():
+    """`lora_scope="output"`: the adapted branch is the frozen Q-Former's output plus a
+    low-rank correction; only the output adapter gets gradients, and only it exists."""
+    tf.keras.utils.set_random_seed(0)
+    layer = FusionQFormer({"text": DIMS["text"]}, width=16, num_heads=2, output_dim=6,
+                          lora_scope="output")
+    tokens, masks = _inputs(("text",))
+    plain = layer(tokens, masks)[1]
+    layer.output_projection.lora_b.assign(tf.random.normal([4, 6], stddev=0.5, seed=1))
+    adapters = layer.adapter_variables()
+    assert {v.name for v in adapters} == {v.name for v in
+                                          layer.output_projection.adapter_variables}
+    with tf.GradientTape() as tape:
+        adapted = layer(tokens, masks, training=True, adapter=True)[1]
+        loss = tf.reduce_sum(adapted ** 2)
+    grads = dict(zip([v.name for v in layer.trainable_variables],
+                     tape.gradient(loss, layer.trainable_variables)))
+    assert {n for n, g in grads.items() if g is not None} == {v.name for v in adapters}
+    assert np.abs(adapted.numpy() - plain.numpy()).max() > 1e-3  # the adapter is in use
+    # at inference the adapter is merged into its kernel: the same embedding
+    np.testing.assert_allclose(layer(tokens, masks, adapter=True)[1].numpy(), adapted.numpy(),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="`lora_scope`"):
+        FusionQFormer({"text": 4}, lora_scope="inner")

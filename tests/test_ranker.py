@@ -30,12 +30,14 @@ def _qformer_vars(model):
     return base, lora
 
 
-def test_history_branch_trains_only_lora_and_target_branch_trains_full_module(small_data):
-    model = _model(small_data, "em3")
+@pytest.mark.parametrize("lora_scope", ["all", "output"])
+def test_history_branch_trains_only_lora_and_target_branch_trains_full_module(small_data,
+                                                                             lora_scope):
+    model = _model(small_data, "em3", lora_scope=lora_scope)
     inputs = F.check_features(first_rows(small_data, "train", 32), (), False, 10, feedback=True)
     model(inputs)
     for layer in model.content.qformer.submodules:  # make every adapter non-trivial
-        if hasattr(layer, "lora_b"):
+        if getattr(layer, "lora_b", None) is not None:
             layer.lora_b.assign(tf.random.normal(layer.lora_b.shape, stddev=0.1))
     base, lora = _qformer_vars(model)
     history = _grad_names(model, lambda: tf.reduce_sum(
@@ -375,3 +377,9 @@ def test_serving_context_signature_scores_like_the_flat_one(small_data, tmp_path
     np.testing.assert_allclose(scores[0], expected[0], atol=1e-5)
     np.testing.assert_allclose(scores[1, :2], expected[1], atol=1e-5)
     np.testing.assert_array_equal(scores[1, 2:], 0.0)
+    # a user-side feature in a candidate example is refused, naming it
+    bad = input_pb2.ExampleListWithContext.FromString(lists[1])
+    bad.examples[0].features.feature[F.USER_ID].int64_list.value.append(3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="feature user_id belongs in the context"):
+        signatures["serving_context"](example_list_with_context=tf.constant(
+            [bad.SerializeToString()]))

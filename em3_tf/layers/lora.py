@@ -13,6 +13,8 @@ class LoRADense(keras.layers.Layer):
       train if the base is trainable. The adapter is not used.
     - `layer(x, adapter=True)`: `x sg(W) + sg(b) + (alpha / r) x A B`: gradients reach only
       `A` and `B`, whatever the base's trainability.
+    - `layer(x, adapter="merged")`: the same value in one matmul with the merged kernel
+      `W + (alpha / r) A B`, for inference (no gradients are meant to flow).
 
     So one set of base weights can be trained fully on one branch of a model (EM3's target
     item) and adapted cheaply on another (the user's history), as in EM3.
@@ -87,7 +89,10 @@ class LoRADense(keras.layers.Layer):
 
     def call(self, inputs, adapter=False):
         kernel, bias = self.kernel, self.bias
-        if adapter:
+        if adapter == "merged":
+            kernel, adapter = tf.stop_gradient(self.merged_kernel()), False
+            bias = None if bias is None else tf.stop_gradient(bias)
+        elif adapter:
             kernel = tf.stop_gradient(kernel)
             bias = None if bias is None else tf.stop_gradient(bias)
         # 2-D matmuls: much faster than broadcasting [..., in] x [in, out] (and its gradient)

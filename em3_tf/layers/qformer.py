@@ -156,7 +156,8 @@ class FusionQFormer(keras.layers.Layer):
       tokens: `{modality: float [B, T_m, D_m]}`.
       masks: `{modality: bool [B, T_m]}`, true for real tokens.
       training: enables modality dropout.
-      adapter: use LoRA adapters over stop-gradient base weights.
+      adapter: use LoRA adapters over stop-gradient base weights (outside training, with
+        the adapters merged into the base kernels: one matmul per projection).
 
     Returns:
       `(query_outputs [B, num_queries, width], embedding [B, output_dim])`.
@@ -241,6 +242,8 @@ class FusionQFormer(keras.layers.Layer):
 
     def call(self, tokens, masks, training=None, adapter=False):
         self._check(tokens, masks)
+        if adapter and not training:
+            adapter = "merged"  # inference: each adapter folded into its base kernel
         a = dict(adapter=adapter)
         parts, part_masks = [], []
         for index, name in enumerate(self.modality_dims):

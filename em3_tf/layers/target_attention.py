@@ -13,6 +13,8 @@ class TargetAttention(keras.layers.Layer):
     The first layer is computed in factored form, with the same weights and the same result:
     `[t, h, t - h, t * h] W + b = t (W_1 + W_3) + h (W_2 - W_3) + (t * h) W_4 + b`, so the
     target term is paid once per example and the per-entry terms read `D`, not `4 D`, inputs.
+    When several targets share one history (the candidates of one request), pass each
+    user's history once with `history_index`: the `h` term is then computed once per user.
 
     Args:
       hidden_units: sizes of the scoring MLP's hidden layers.
@@ -21,6 +23,8 @@ class TargetAttention(keras.layers.Layer):
       target: `[B, D]`.
       history: `[B, L, D]`.
       mask: bool `[B, L]`, true for real history items.
+      history_index: optional int `[B]`: `history` and `mask` then hold `U` users' rows
+        (`[U, L, D]`, `[U, L]`) and target `b` attends to row `history_index[b]`.
 
     Returns:
       `[B, D]`.
@@ -42,14 +46,17 @@ class TargetAttention(keras.layers.Layer):
         self.scorer.build([None, None, 4 * int(input_shape[-1])])
         super().build(input_shape)
 
-    def call(self, target, history, mask):
+    def call(self, target, history, mask, history_index=None):
         if target.shape.rank != 2 or history.shape.rank != 3 or mask.shape.rank != 2:
             raise ValueError(f"TargetAttention expects target [B, D], history [B, L, D], mask "
                              f"[B, L]; got {target.shape}, {history.shape}, {mask.shape}.")
         first, rest = self.scorer.layers[0], self.scorer.layers[1:]
         w_t, w_h, w_d, w_p = tf.split(tf.cast(first.kernel, history.dtype), 4, axis=0)
-        hidden = (tf.matmul(target, w_t + w_d)[:, None, :]
-                  + tf.einsum("bld,dh->blh", history, w_h - w_d)
+        per_entry = tf.einsum("bld,dh->blh", history, w_h - w_d)
+        if history_index is not None:
+            history, mask, per_entry = (tf.gather(x, history_index)
+                                        for x in (history, mask, per_entry))
+        hidden = (tf.matmul(target, w_t + w_d)[:, None, :] + per_entry
                   + tf.einsum("bld,dh->blh", target[:, None, :] * history, w_p)
                   + tf.cast(first.bias, history.dtype))
         scores = first.activation(hidden)

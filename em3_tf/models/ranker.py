@@ -153,19 +153,24 @@ class EM3Ranker(tfrs.Model):
         feedback = getattr(self, layer_name)(*(inputs[n] for n in F.FEEDBACK_SEQUENCES))
         return history + tf.cast(feedback, history.dtype)
 
+    def _encode(self, rows, training, adapter=False):
+        """Content embeddings `rows.shape + [content_dim]` of catalog `rows`; with
+        `dedupe_history`, each distinct item of the batch is encoded once."""
+        flat = tf.reshape(rows, [-1])
+        if self.config.dedupe_history:
+            unique, index = tf.unique(flat)
+            embeddings = tf.gather(self.content(unique, training=training, adapter=adapter),
+                                   index)
+        else:
+            embeddings = self.content(flat, training=training, adapter=adapter)
+        return tf.reshape(embeddings, tf.concat([tf.shape(rows), [self.config.content_dim]], 0))
+
     def _history_content(self, history, training):
         """Content embeddings `[B, L, content_dim]` of the history items."""
         rows = self.content.rows_of(history)
         if self.config.history_content == "cache":
             return tf.gather(self.content_cache, rows)
-        flat = tf.reshape(rows, [-1])
-        adapter = self.config.history_content == "lora"
-        if self.config.dedupe_history:
-            unique, index = tf.unique(flat)
-            embeddings = tf.gather(self.content(unique, training=training, adapter=adapter), index)
-        else:
-            embeddings = self.content(flat, training=training, adapter=adapter)
-        return tf.reshape(embeddings, tf.concat([tf.shape(rows), [self.config.content_dim]], 0))
+        return self._encode(rows, training, adapter=self.config.history_content == "lora")
 
     def _content_of(self, ids, branch, table, training):
         """Content embeddings of `ids` (`[B]` targets or `[B, L]` history) from `table` when
@@ -173,27 +178,36 @@ class EM3Ranker(tfrs.Model):
         if table is not None:
             return tf.cast(table(ids, branch), self.content.compute_dtype)
         if branch == "target":
-            return self.content(self.content.rows_of(ids), training=training)
+            return self._encode(self.content.rows_of(ids), training)
         return self._history_content(ids, training)
 
-    def _forward(self, inputs, training, table: Optional[ContentTable] = None):
+    def _forward(self, inputs, training, table: Optional[ContentTable] = None,
+                 user_index=None):
         """Returns `(logits [B], parts)`, parts holding what the CIC loss needs; with a
-        content `table`, item content is read from it instead of encoded."""
+        content `table`, item content is read from it instead of encoded.
+
+        With `user_index` (int `[B]`), every input but `item_id` holds `U` users' rows and
+        candidate `b` belongs to user `user_index[b]`: user-side embeddings, feedback and
+        history content are computed once per user, not once per candidate.
+        """
+        def per_candidate(x):
+            return x if user_index is None else tf.gather(x, user_index)
+
         history = inputs[F.HISTORY]
         mask = tf.not_equal(history, F.PAD_ID)
         embedded = {name: layer(inputs[name], training=training)
                     for name, layer in self.id_embeddings.items()}
-        tower = list(embedded.values())
-        tower += [inputs[name][:, None] for name in self.config.dense_features]
+        tower = [v if name == F.ITEM_ID else per_candidate(v) for name, v in embedded.items()]
+        tower += [per_candidate(inputs[name])[:, None] for name in self.config.dense_features]
         if self.config.use_feedback:
-            tower.append(user_statistics(inputs[F.USER_COUNT], inputs[F.USER_POSITIVES],
-                                         self.config.feedback_prior_rate,
-                                         self.config.feedback_prior_count))
+            tower.append(per_candidate(user_statistics(
+                inputs[F.USER_COUNT], inputs[F.USER_POSITIVES],
+                self.config.feedback_prior_rate, self.config.feedback_prior_count)))
         item_emb = embedded[F.ITEM_ID]
         if self.config.use_id_sequence:
             history_ids = self.id_embeddings[F.ITEM_ID](history, training=training)
             history_ids = self._with_feedback("id_feedback", history_ids, inputs)
-            tower.append(self.id_attention(item_emb, history_ids, mask))
+            tower.append(self.id_attention(item_emb, history_ids, mask, user_index))
         content = None
         if self.content is not None:
             content = self._content_of(inputs[F.ITEM_ID], "target", table, training)
@@ -202,7 +216,8 @@ class EM3Ranker(tfrs.Model):
                 history_content = self._with_feedback(
                     "content_feedback", self._content_of(history, "history", table, training),
                     inputs)
-                tower.append(self.content_attention(content, history_content, mask))
+                tower.append(self.content_attention(content, history_content, mask,
+                                                    user_index))
         x0 = tf.concat([tf.cast(t, self.compute_dtype) for t in tower], axis=-1)
         x = x0
         for cross in self.cross_layers:
@@ -214,10 +229,15 @@ class EM3Ranker(tfrs.Model):
         logits, _ = self._forward(self._inputs(features), training)
         return tf.sigmoid(logits)
 
-    def serve(self, features):
+    def serve(self, features, user_index=None):
         """Click probabilities `[B]` as `call` gives them at inference, but with item content
-        read from `content_table` when one is attached (what the exported signatures run)."""
-        logits, _ = self._forward(self._inputs(features), False, self.content_table)
+        read from `content_table` when one is attached (what the exported signatures run).
+
+        With `user_index` (int `[B]`), every feature but `item_id` holds one row per user and
+        candidate `b` is scored for user `user_index[b]` (see `_forward`): the
+        `serving_context` signature's one-user, many-candidates requests."""
+        logits, _ = self._forward(self._inputs(features), False, self.content_table,
+                                  user_index)
         return tf.sigmoid(logits)
 
     def encode_items(self, tokens, masks) -> Dict[str, tf.Tensor]:

@@ -1,0 +1,108 @@
+"""The served model's interface: feature names, signature names and the tf.Example encoding.
+
+It imports no TensorFlow, so that clients stay light (`serving.client` builds its requests
+from here and from `em3_tf.protos`). Every feature name is declared here, once. Raw
+features of one example (one user, one candidate item):
+
+| feature                | dtype | shape    | meaning                                               |
+|------------------------|-------|----------|-------------------------------------------------------|
+| `user_id`              | int64 | `[]`     | user identifier                                       |
+| `item_id`              | int64 | `[]`     | candidate item identifier (>= 0), key into the catalog|
+| `history_item_ids`     | int64 | `[<= L]` | the user's earlier items, most recent first (>= 0)    |
+| `history_labels`       | int64 | `[<= L]` | feedback of each history entry: 1 positive, 0 not     |
+| `history_ratings`      | int64 | `[<= L]` | its rating (e.g. 1-5); 0 where the data has none      |
+| `history_seconds_ago`  | int64 | `[<= L]` | seconds between that interaction and this example     |
+| `user_prior_count`     | int64 | `[]`     | the user's number of earlier interactions (all time)  |
+| `user_prior_positives` | int64 | `[]`     | how many of them were positive                        |
+| context features       | int64 | `[]`     | extra categorical features named in `EM3Config`       |
+| dense features         | float | `[]`     | extra numeric features named in `EM3Config`           |
+| `label`                | int64 | `[]`     | 1 = click (positive), 0 = not; absent at serving      |
+
+"Earlier" means strictly earlier: an interaction at the example's own timestamp is not part
+of its history or statistics. The four history sequences are aligned entry by entry. In
+batched tensors they are dense `[B, L]`, padded with `PAD_ID` (-1).
+"""
+
+from typing import Dict, Iterable
+
+import numpy as np
+
+from em3_tf import protos
+
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+HISTORY = "history_item_ids"
+HISTORY_LABELS = "history_labels"
+HISTORY_RATINGS = "history_ratings"
+HISTORY_SECONDS = "history_seconds_ago"
+USER_COUNT = "user_prior_count"
+USER_POSITIVES = "user_prior_positives"
+LABEL = "label"
+PAD_ID = -1
+
+FEEDBACK_SEQUENCES = (HISTORY_LABELS, HISTORY_RATINGS, HISTORY_SECONDS)
+SEQUENCES = (HISTORY,) + FEEDBACK_SEQUENCES
+USER_STATISTICS = (USER_COUNT, USER_POSITIVES)
+FEEDBACK_FEATURES = FEEDBACK_SEQUENCES + USER_STATISTICS
+
+# Signatures of the exported SavedModel (see `em3_tf.export`).
+SIGNATURE_INPUT = "examples"
+SIGNATURE_OUTPUT = "scores"
+CONTEXT_SIGNATURE = "serving_context"
+CONTEXT_INPUT = "example_list_with_context"
+ENCODE_SIGNATURE = "encode_items"
+
+
+class FeatureError(ValueError):
+    """Raised for a missing, mistyped or mis-shaped input feature; the message names it."""
+
+
+def scalar_features(context_features: Iterable[str] = ()):
+    """The ID features (each gets a vocabulary and an embedding)."""
+    return (USER_ID, ITEM_ID) + tuple(context_features)
+
+
+def raw_features(context_features: Iterable[str] = ()):
+    """Every raw input feature of the model but the label: ids, statistics, sequences."""
+    return scalar_features(context_features) + USER_STATISTICS + SEQUENCES
+
+
+def example(features: Dict[str, Iterable[int]]) -> bytes:
+    """One serialized tf.Example of int64 features (`{name: values}`)."""
+    p = protos.load()
+    message = p.example_pb2.Example()
+    for name, values in features.items():
+        message.features.feature[name].int64_list.value.extend(int(v) for v in values)
+    return message.SerializeToString()
+
+
+def to_examples(features: Dict) -> list:
+    """Serialized tf.Examples (bytes) from a dict of per-example arrays.
+
+    Sequences (`SEQUENCES`) are `[n, L]` rows aligned with `history_item_ids` and `PAD_ID`
+    padded (padding is dropped); every other feature is one integer per example. This is the
+    format of the stored TFRecords, of the serving signature's input and of the gRPC client's
+    requests.
+    """
+    if HISTORY not in features:
+        raise FeatureError(f"Missing feature '{HISTORY}' to build tf.Examples.")
+    history = np.asarray(features[HISTORY]).reshape(len(features[HISTORY]), -1)
+    valid = history != PAD_ID
+    columns, sequences = {}, {}
+    for name, value in features.items():
+        value = np.asarray(value)
+        if name in SEQUENCES:
+            value = value.reshape(len(history), -1)
+            if value.shape != history.shape or not np.issubdtype(value.dtype, np.integer):
+                raise FeatureError(f"Feature '{name}' must be integers aligned with '{HISTORY}' "
+                                   f"{history.shape}, got {value.dtype} of shape {value.shape}.")
+            sequences[name] = value
+            continue
+        value = value.reshape(len(history), -1)
+        if value.shape[1] != 1 or not np.issubdtype(value.dtype, np.integer):
+            raise FeatureError(f"Feature '{name}' must hold one integer per example, got "
+                               f"{value.dtype} of shape {value.shape}.")
+        columns[name] = value[:, 0]
+    return [example({**{n: [v[row]] for n, v in columns.items()},
+                     **{n: v[row][valid[row]] for n, v in sequences.items()}})
+            for row in range(len(history))]
