@@ -88,8 +88,8 @@ def history_branch(mode, length, steps, batch_size=16):
     catalog, _ = make_catalog(5000, 16, seed=0)
     vocab = {F.USER_ID: np.arange(1, 11), F.ITEM_ID: catalog.item_ids}
     tf.keras.utils.set_random_seed(0)
-    config = EM3Config.preset("em3", history_content=mode, max_history_len=length,
-                              dedupe_history=False)
+    config = EM3Config.preset("em3_full_cost", history_content=mode, max_history_len=length,
+                              dedupe_history=False)  # LoRA in every Q-Former projection
     model = EM3Ranker(config, vocab, catalog)
     rng = np.random.default_rng(0)
     history = tf.constant(rng.choice(catalog.item_ids, size=[batch_size, length]))

@@ -5,8 +5,10 @@
 Each preset changes one factor from `em3`, so a table of them reads as ablations. Every
 preset reads the same inputs (ids, context, feedback sequences, user statistics); "feedback"
 says whether the model uses the feedback. Every preset with item content reads the catalog's
-tokens through the same frozen reduction (`token_dim=64`, `max_tokens=8`); `em3_full_cost`
-is EM3 without its two cost levers (raw tokens, LoRA adapters in every Q-Former projection).
+tokens through the same frozen reduction (`token_dim=64`, `max_tokens=8`); the frozen and
+concat-MLP encoders pool those same reduced tokens. `em3_full_cost` is EM3 without its two
+cost levers (raw tokens, LoRA adapters in every Q-Former projection): the one row that
+changes two things, to show what the levers cost in quality.
 
 | preset                  | item content encoder          | history content              | CIC | ID seq. | feedback |
 |-------------------------|-------------------------------|------------------------------|-----|---------|----------|
@@ -57,7 +59,7 @@ class EM3Config:
       modality_dropout: per-example probability of dropping each modality in training.
       token_dim, max_tokens: a frozen reduction of the catalog's token features before the
         content encoder (`TokenReduction`): PCA of each token to `token_dim` dims, and each
-        modality's tokens mean-pooled into `max_tokens` segments; 0 keeps them as they are.
+        modality's tokens mean-pooled into at most `max_tokens` segments; 0 keeps them.
       content_dim: size of the item content embedding.
       lora_rank, lora_alpha: LoRA adapter rank and scale numerator (scale = alpha / rank).
       lora_scope: which Q-Former projections carry the history branch's adapters: `"all"`,
@@ -66,8 +68,7 @@ class EM3Config:
       id_embedding_dim: size of user/item/context ID embeddings.
       num_oov_buckets: out-of-vocabulary buckets of each ID lookup.
       max_history_len: history length the model reads (longer inputs are cut, most recent kept).
-      dedupe_history: encode each distinct item once per batch (history items, and
-        candidates), instead of once per occurrence.
+      dedupe_history: encode each distinct history item once per batch.
       num_cross_layers: `tfrs.layers.dcn.Cross` layers.
       mlp_units: hidden sizes of the MLP after the cross layers.
       dropout: dropout rate in the MLP.

@@ -13,10 +13,16 @@ Signatures:
     Classify / Regress APIs also take `example_list_with_context` for them.
   - `serving_context`: `example_list_with_context` (string `[B]`, each a serialized
     `tensorflow.serving.ExampleListWithContext`: the user's features once in `context`, one
-    tf.Example per candidate, e.g. only `item_id`) -> `scores` (float `[B, N]`, N the longest
-    list of the batch; a shorter list's scores are followed by zeros). TF Ranking's request
-    format for Predict: the user's features and history travel once per request instead of
-    once per candidate (the signature merges them into each candidate before parsing).
+    tf.Example per candidate) -> `scores` (float `[B, N]`, N the longest list of the batch;
+    a shorter list's scores are followed by zeros). TF Ranking's request format for Predict:
+    the user's features and history travel once per request instead of once per candidate.
+    As in TF Ranking, context and candidate features are disjoint: every list needs a
+    context with all user-side features (a missing one is INVALID_ARGUMENT, naming it), and
+    a candidate example carries `item_id` only (a user-side feature in it is refused,
+    naming it). The context is parsed once per list and the user's side of the model runs
+    once per list (`EM3Ranker.serve(..., user_index)`). With a TF Transform, which may
+    combine user and item features, the context is instead merged into each candidate
+    (a candidate's own value wins) and the merged examples go through `serving_default`.
   - `encode_items` (models with item content): `<modality>_tokens` float `[n, T, D]` and
     `<modality>_mask` bool `[n, T]` -> `target`, `history` float `[n, content_dim]`: the
     trained content encoder, for items added after training (`em3_tf.catalog_update`).

@@ -14,6 +14,7 @@ cases a client needs.
 import importlib
 import importlib.util
 import sys
+import threading
 import types
 from typing import Sequence
 
@@ -35,8 +36,21 @@ _MODULES = {
 }
 
 
+_LOCK = threading.Lock()
+_LOADED = None
+
+
 def load() -> types.SimpleNamespace:
-    """The proto modules above as attributes (`protos.load().predict_pb2`, ...)."""
+    """The proto modules above as attributes (`protos.load().predict_pb2`, ...); loaded once
+    per process."""
+    global _LOADED
+    with _LOCK:
+        if _LOADED is None:
+            _LOADED = _import_protos()
+        return _LOADED
+
+
+def _import_protos() -> types.SimpleNamespace:
     stub = None
     if "tensorflow" not in sys.modules:
         spec = importlib.util.find_spec("tensorflow")

@@ -22,8 +22,11 @@ user = {"user_id": 3, "history_item_ids": [5, 6], "history_labels": [1, 0],
         "history_ratings": [4, 2], "history_seconds_ago": [10, 20]}
 context, items = client.context_request(user, [7, 8])
 flat = client.F.to_examples(client.user_rows(user, [7, 8]))
-heavy = sorted(m for m in ("tensorflow.python", "tensorflow_recommenders", "tf_keras")
-               if m in sys.modules)
+heavy = sorted(m for m in ("tensorflow", "tensorflow.python", "tensorflow_recommenders",
+                           "tf_keras") if m in sys.modules)
+import tensorflow as tf  # the real one still imports afterwards, and reads our protos
+parsed = tf.io.parse_single_example(items[0], {"item_id": tf.io.FixedLenFeature([], tf.int64)})
+assert int(parsed["item_id"]) == 7
 print(len(context), len(items), len(flat), heavy)
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

@@ -121,7 +121,8 @@ def test_output_lora_scope_adapts_only_the_output_projection():
     assert {n for n, g in grads.items() if g is not None} == {v.name for v in adapters}
     assert np.abs(adapted.numpy() - plain.numpy()).max() > 1e-3  # the adapter is in use
     # at inference the adapter is merged into its kernel: the same embedding
-    np.testing.assert_allclose(layer(tokens, masks, adapter=True)[1].numpy(), adapted.numpy(),
+    np.testing.assert_allclose(layer(tokens, masks, training=False, adapter=True)[1].numpy(),
+                               adapted.numpy(),
                                atol=1e-5)
     with pytest.raises(ValueError, match="`lora_scope`"):
         FusionQFormer({"text": 4}, lora_scope="inner")

@@ -25,6 +25,21 @@ def test_factored_scores_equal_the_concatenated_din_formula():
                                atol=1e-5)
 
 
+def test_shared_histories_by_index_equal_the_gathered_ones():
+    """`history_index`: U users' histories for B targets give what the gathered [B, L, D]
+    histories give."""
+    tf.keras.utils.set_random_seed(1)
+    layer = TargetAttention()
+    rng = np.random.default_rng(1)
+    target = tf.constant(rng.normal(size=[5, 4]), tf.float32)
+    history = tf.constant(rng.normal(size=[2, 3, 4]), tf.float32)
+    mask = tf.constant([[True, True, False], [True, False, False]])
+    index = tf.constant([0, 1, 1, 0, 1])
+    np.testing.assert_allclose(
+        layer(target, history, mask, history_index=index).numpy(),
+        layer(target, tf.gather(history, index), tf.gather(mask, index)).numpy(), atol=1e-6)
+
+
 def test_no_valid_history_gives_zeros_and_bad_shapes_are_named():
     layer = TargetAttention()
     out = layer(tf.ones([2, 4]), tf.ones([2, 3, 4]), tf.zeros([2, 3], tf.bool))

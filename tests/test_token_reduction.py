@@ -76,6 +76,7 @@ def test_encoder_reduces_new_items_exactly_like_catalog_items(kind):
     encoder = ItemContentEncoder(catalog, kind=kind, output_dim=6, token_dim=4, max_tokens=3,
                                  qformer_kwargs=dict(width=8, num_heads=2))
     assert encoder.modality_dims == {"text": 4, "attributes": 3}
+    assert np.abs(encoder.reduction.bases["text"].numpy()).min(axis=0).max() > 0  # fitted
     assert encoder.token_shapes == {"text": (9, 20), "attributes": (2, 3)}
     stored = encoder(encoder.rows_of(tf.constant(catalog.item_ids)))
     fresh = encoder.encode_tokens({"text": text, "attributes": attrs},

@@ -156,7 +156,7 @@ class FusionQFormer(keras.layers.Layer):
       tokens: `{modality: float [B, T_m, D_m]}`.
       masks: `{modality: bool [B, T_m]}`, true for real tokens.
       training: enables modality dropout.
-      adapter: use LoRA adapters over stop-gradient base weights (outside training, with
+      adapter: use LoRA adapters over stop-gradient base weights (with `training=False`,
         the adapters merged into the base kernels: one matmul per projection).
 
     Returns:
@@ -242,7 +242,7 @@ class FusionQFormer(keras.layers.Layer):
 
     def call(self, tokens, masks, training=None, adapter=False):
         self._check(tokens, masks)
-        if adapter and not training:
+        if adapter and training is False:
             adapter = "merged"  # inference: each adapter folded into its base kernel
         a = dict(adapter=adapter)
         parts, part_masks = [], []

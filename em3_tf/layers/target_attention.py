@@ -50,6 +50,7 @@ class TargetAttention(keras.layers.Layer):
         if target.shape.rank != 2 or history.shape.rank != 3 or mask.shape.rank != 2:
             raise ValueError(f"TargetAttention expects target [B, D], history [B, L, D], mask "
                              f"[B, L]; got {target.shape}, {history.shape}, {mask.shape}.")
+        history = tf.cast(history, target.dtype)  # Keras autocasts only the first argument
         first, rest = self.scorer.layers[0], self.scorer.layers[1:]
         w_t, w_h, w_d, w_p = tf.split(tf.cast(first.kernel, history.dtype), 4, axis=0)
         per_entry = tf.einsum("bld,dh->blh", history, w_h - w_d)

@@ -27,10 +27,10 @@ class TokenReduction(keras.layers.Layer):
     1. **PCA per token**: `x' = (x - mu_m) V_m`, with `mu_m` the mean of the modality's real
        tokens and `V_m [D_m, d]` their top-`d` principal directions, `d = min(dim, D_m)`.
        Modalities with `D_m <= dim` are left as they are.
-    2. **Segment pooling**: the `T_m` tokens are cut into `max_tokens` consecutive segments of
-       `ceil(T_m / max_tokens)` tokens, each replaced by the masked mean of its real tokens;
-       a segment is real when any of its tokens is. Modalities with `T_m <= max_tokens` keep
-       their tokens.
+    2. **Segment pooling**: the `T_m` tokens are cut into consecutive segments of
+       `ceil(T_m / max_tokens)` tokens (at most `max_tokens` segments), each replaced by the
+       masked mean of its real tokens; a segment is real when any of its tokens is.
+       Modalities with `T_m <= max_tokens` keep their tokens.
 
     The Q-Former's cost per item is dominated by its input projection (`T_m D_m width`
     multiply-adds) and by keys and values over all tokens, so this cuts the training step of
@@ -93,10 +93,13 @@ class TokenReduction(keras.layers.Layer):
         size = -(-length // self.max_tokens)
         return -(-length // size), size
 
-    def fit(self, tokens: Dict[str, np.ndarray], masks: Dict[str, np.ndarray]):
-        """Fits each reduced modality's mean and PCA basis on its real tokens."""
+    def fit(self, tokens: Dict[str, np.ndarray], masks: Dict[str, np.ndarray],
+            max_fit_tokens=200_000):
+        """Fits each reduced modality's mean and PCA basis on its real tokens (at most
+        `max_fit_tokens` of them, evenly spaced, to bound memory on large catalogs)."""
         for name in self.bases:
-            real = np.asarray(tokens[name], np.float64)[np.asarray(masks[name], bool)]
+            real = np.asarray(tokens[name])[np.asarray(masks[name], bool)]
+            real = real[::max(1, -(-len(real) // max_fit_tokens))].astype(np.float64)
             if len(real) < 2:
                 raise ValueError(f"TokenReduction needs at least 2 real '{name}' tokens to fit "
                                  f"a PCA, got {len(real)}.")

@@ -153,24 +153,19 @@ class EM3Ranker(tfrs.Model):
         feedback = getattr(self, layer_name)(*(inputs[n] for n in F.FEEDBACK_SEQUENCES))
         return history + tf.cast(feedback, history.dtype)
 
-    def _encode(self, rows, training, adapter=False):
-        """Content embeddings `rows.shape + [content_dim]` of catalog `rows`; with
-        `dedupe_history`, each distinct item of the batch is encoded once."""
-        flat = tf.reshape(rows, [-1])
-        if self.config.dedupe_history:
-            unique, index = tf.unique(flat)
-            embeddings = tf.gather(self.content(unique, training=training, adapter=adapter),
-                                   index)
-        else:
-            embeddings = self.content(flat, training=training, adapter=adapter)
-        return tf.reshape(embeddings, tf.concat([tf.shape(rows), [self.config.content_dim]], 0))
-
     def _history_content(self, history, training):
         """Content embeddings `[B, L, content_dim]` of the history items."""
         rows = self.content.rows_of(history)
         if self.config.history_content == "cache":
             return tf.gather(self.content_cache, rows)
-        return self._encode(rows, training, adapter=self.config.history_content == "lora")
+        flat = tf.reshape(rows, [-1])
+        adapter = self.config.history_content == "lora"
+        if self.config.dedupe_history:
+            unique, index = tf.unique(flat)
+            embeddings = tf.gather(self.content(unique, training=training, adapter=adapter), index)
+        else:
+            embeddings = self.content(flat, training=training, adapter=adapter)
+        return tf.reshape(embeddings, tf.concat([tf.shape(rows), [self.config.content_dim]], 0))
 
     def _content_of(self, ids, branch, table, training):
         """Content embeddings of `ids` (`[B]` targets or `[B, L]` history) from `table` when
@@ -178,7 +173,7 @@ class EM3Ranker(tfrs.Model):
         if table is not None:
             return tf.cast(table(ids, branch), self.content.compute_dtype)
         if branch == "target":
-            return self._encode(self.content.rows_of(ids), training)
+            return self.content(self.content.rows_of(ids), training=training)
         return self._history_content(ids, training)
 
     def _forward(self, inputs, training, table: Optional[ContentTable] = None,
