@@ -16,6 +16,7 @@ import sys
 LABELS = {"id_dcn": "ID-only DCN", "id_din": "ID-only DIN",
           "frozen_content": "frozen content (same tokens, live history, CIC)",
           "frozen_content_no_cic": "frozen content, no CIC", "em3": "EM3",
+          "em3_full_cost": "EM3 without the cost levers (raw tokens, LoRA everywhere)",
           "em3_no_qformer": "EM3 w/o Q-Former", "em3_no_lora": "EM3 w/o LoRA",
           "em3_no_cic": "EM3 w/o CIC", "em3_no_feedback": "EM3 w/o feedback",
           "em3_cached": "EM3, cached history",
