@@ -62,13 +62,17 @@ def make_optimizer(config: EM3Config, model: EM3Ranker, total_steps: Optional[in
     own learning rate scale."""
     if config.content_lr_scale == 1.0 or model.content is None:
         return keras.optimizers.Adam(learning_rate(config, total_steps))
-    content_ids = {id(v) for v in model.content.trainable_variables}
+
+    def content(in_group):  # resolved when gradients are applied: layers build lazily
+        def variables():
+            ids = {id(v) for v in model.content.trainable_variables}
+            return [v for v in model.trainable_variables if (id(v) in ids) == in_group]
+        return variables
+
     return CompositeOptimizer([
         (keras.optimizers.legacy.Adam(learning_rate(config, total_steps,
-                                                    config.content_lr_scale)),
-         lambda: [v for v in model.trainable_variables if id(v) in content_ids]),
-        (keras.optimizers.legacy.Adam(learning_rate(config, total_steps)),
-         lambda: [v for v in model.trainable_variables if id(v) not in content_ids])])
+                                                    config.content_lr_scale)), content(True)),
+        (keras.optimizers.legacy.Adam(learning_rate(config, total_steps)), content(False))])
 
 
 def compile_ranker(config: EM3Config, vocabularies, catalog, strategy=None,

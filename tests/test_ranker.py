@@ -254,6 +254,27 @@ def test_mixed_precision_training_updates_weights(small_data):
         tf.keras.mixed_precision.set_global_policy(policy)
 
 
+def test_content_learning_rate_scale_scales_the_content_encoders_steps(small_data):
+    """`content_lr_scale` reaches the content encoder even though the optimizer is made
+    before the model's layers are built (as `build_ranker` does): Adam's first step moves
+    each weight by about its learning rate, so the content weights move ~0.01x as far."""
+    batch = next(iter(small_data.dataset("train", 32)))
+    moved = {}
+    for scale in (1.0, 0.01):
+        model = _model(small_data, "em3", content_lr_scale=scale, learning_rate=0.01,
+                       modality_dropout=0.0, dropout=0.0)
+        model.compute_loss(batch, training=True)  # builds every layer, CIC's too
+        content = {id(v) for v in model.content.trainable_variables}
+        before = {id(v): v.numpy().copy() for v in model.trainable_variables}
+        model.train_step(batch)
+        moved[scale] = {group: max(np.abs(before[id(v)] - v.numpy()).max()
+                                   for v in model.trainable_variables
+                                   if (id(v) in content) == (group == "content"))
+                        for group in ("content", "rest")}
+    assert moved[0.01]["content"] < 0.05 * moved[1.0]["content"], moved
+    assert moved[0.01]["rest"] > 0.5 * moved[1.0]["rest"], moved
+
+
 def test_mixed_precision_with_a_content_learning_rate_scale(small_data):
     """The content encoder's own learning rate (TFRS CompositeOptimizer) under mixed_float16:
     Keras wraps the composite in a LossScaleOptimizer and both groups of weights train."""
