@@ -226,11 +226,17 @@ def main(argv=None):
 
 
 def save_embeddings(model, data, path):
-    """Item content embeddings before (frozen pooled features) and after EM3 training."""
+    """Item content embeddings before (the masked mean of each modality's raw tokens,
+    concatenated) and after EM3 training."""
     import numpy as np
+
+    from em3_tf.layers.token_reduction import masked_mean
+    catalog = data.catalog
+    before = np.concatenate([masked_mean(catalog.tokens[n], catalog.masks[n], axis=1)
+                             for n in catalog.tokens], axis=1)
     after = model.content.encode_all().numpy()[1:]  # row 0 is the unknown-item row
-    np.savez(path, item_ids=data.catalog.item_ids, before=data.catalog.pooled(), after=after,
-             genre=data.catalog.metadata["main_genre"])
+    np.savez(path, item_ids=catalog.item_ids, before=before, after=after,
+             genre=catalog.metadata["main_genre"])
 
 
 if __name__ == "__main__":

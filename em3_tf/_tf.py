@@ -2,16 +2,12 @@
 
 TensorFlow Recommenders, TensorFlow Transform and TFMA are Keras 2 code, so the ranker is
 written against `tf_keras`. `TF_USE_LEGACY_KERAS=1` must be set before TensorFlow is first
-imported; this module sets it and fails loudly if TensorFlow was imported before without it.
+imported; `em3_tf/__init__` (always imported first) sets it, and this module fails loudly if
+TensorFlow was imported before without it.
 Keras 3 (`import keras`) stays importable beside it for keras-hub's frozen encoders.
 """
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 if not tf.keras.__name__.startswith("tf_keras"):
     raise ImportError(

@@ -63,18 +63,6 @@ class ItemCatalog:
     def modality_dims(self) -> Dict[str, int]:
         return {name: int(t.shape[-1]) for name, t in self.tokens.items()}
 
-    def pooled(self) -> np.ndarray:
-        """Masked mean of each modality's tokens, concatenated: `[N, sum D_m]` float32.
-
-        This is the "pre-extracted content" vector of the frozen-content baseline.
-        """
-        parts = []
-        for name, tokens in self.tokens.items():
-            mask = self.masks[name][..., None].astype(np.float32)
-            total = (tokens.astype(np.float32) * mask).sum(axis=1)
-            parts.append(total / np.maximum(mask.sum(axis=1), 1.0))
-        return np.concatenate(parts, axis=1)
-
     def save(self, path: str) -> None:
         """Writes `path` (a directory): `catalog.npz` and `catalog.json`, atomically."""
         os.makedirs(path, exist_ok=True)

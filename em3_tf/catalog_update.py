@@ -23,13 +23,21 @@ import numpy as np
 
 from em3_tf._tf import tf
 from em3_tf.catalog import ItemCatalog
-from em3_tf.export import (CATALOG_ENCODING_FILE, ENCODE_SIGNATURE, set_method_names)
+from em3_tf.export import CATALOG_ENCODING_FILE, set_method_names
+from em3_tf.interface import ENCODE_SIGNATURE
 from em3_tf.layers.content_table import sorted_by_id
+from serving.stand_in.versions import version_dirs
 
 
-def _versions(base: str):
-    return sorted(int(n) for n in tf.io.gfile.listdir(base) if n.rstrip("/").isdigit()
-                  and tf.io.gfile.exists(os.path.join(base, n.rstrip("/"), "saved_model.pb")))
+def source_dir(base: str, source_version: Optional[int] = None) -> str:
+    """The directory of version `source_version` under `base` (default: the newest complete
+    version, as a model server would see it)."""
+    versions = version_dirs(base)
+    if not versions:
+        raise ValueError(f"No pushed version under {base}.")
+    if source_version is None:
+        source_version = max(versions)
+    return os.path.join(base, versions.get(source_version, str(source_version)))
 
 
 def add_items(base: str, items: ItemCatalog, source_version: Optional[int] = None) -> str:
@@ -40,11 +48,7 @@ def add_items(base: str, items: ItemCatalog, source_version: Optional[int] = Non
       ValueError: the version has no content table, an item is already in it, or the item
         token features do not match the model's modalities and shapes.
     """
-    versions = _versions(base)
-    if not versions:
-        raise ValueError(f"No pushed version under {base}.")
-    source = os.path.join(base, str(source_version if source_version is not None
-                                    else versions[-1]))
+    source = source_dir(base, source_version)
     loaded = tf.saved_model.load(source)
     if not hasattr(loaded, "content_table") or ENCODE_SIGNATURE not in loaded.signatures:
         raise ValueError(f"{source} has no content table: only models with item content "
@@ -76,7 +80,7 @@ def add_items(base: str, items: ItemCatalog, source_version: Optional[int] = Non
     table.item_ids.assign(ids)
     for name, value in merged.items():
         branches[name].assign(value)
-    version = versions[-1] + 1
+    version = max(version_dirs(base)) + 1
     target = os.path.join(base, str(version))
     tmp = target + ".tmp-export"
     if tf.io.gfile.exists(tmp):
@@ -102,8 +106,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from em3_tf.data.movielens import encode_catalog, read_items
 
-    source = os.path.join(args.base, str(args.source_version if args.source_version is not None
-                                         else _versions(args.base)[-1]))
+    source = source_dir(args.base, args.source_version)
     with tf.io.gfile.GFile(os.path.join(source, "assets.extra", CATALOG_ENCODING_FILE)) as f:
         encoding = json.load(f)
     if not encoding:

@@ -44,7 +44,7 @@ import os
 from em3_tf import features as F
 from em3_tf._tf import tf
 from em3_tf.config import EM3Config
-from em3_tf.interface import (CONTEXT_INPUT, CONTEXT_SIGNATURE, ENCODE_SIGNATURE,  # noqa: F401
+from em3_tf.interface import (CONTEXT_INPUT, CONTEXT_SIGNATURE, ENCODE_SIGNATURE,
                               SIGNATURE_INPUT, SIGNATURE_OUTPUT)
 
 CONFIG_FILE = "em3_config.json"
@@ -111,7 +111,7 @@ def serving_signatures(model, transform_output=None):
     item_spec = {F.ITEM_ID: raw_spec[F.ITEM_ID],
                  **{n: tf.io.RaggedFeature(v.dtype) for n, v in user_spec.items()}}
 
-    def score_lists(context, examples, valid):
+    def score_lists(context, examples, valid, index):
         """Scores `[N]` of the valid candidates of each list against its context."""
         if transform_output is not None:
             # A Transform may combine user and item features, so it sees whole examples.
@@ -130,7 +130,7 @@ def serving_signatures(model, transform_output=None):
             message=f"{CONTEXT_SIGNATURE}: candidate examples carry {F.ITEM_ID} only; "
                     f"feature {n} belongs in the context") for n in user_spec]
         with tf.control_dependencies(checks):
-            user_index = tf.where(valid)[:, 0]
+            user_index = tf.identity(index[:, 0])
         return model.serve({**user, F.ITEM_ID: items[F.ITEM_ID]}, user_index)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CONTEXT_INPUT)])
@@ -140,8 +140,9 @@ def serving_signatures(model, transform_output=None):
             [tf.string, tf.string], descriptor_source=_elwc_descriptor_source())
         context = tf.pad(context, [[0, 0], [0, 1]])[:, 0]  # "" where a list has none
         valid = tf.range(tf.shape(examples)[1])[None, :] < sizes[:, :1]
-        scores = score_lists(context, examples, valid)
-        return {SIGNATURE_OUTPUT: tf.scatter_nd(tf.where(valid), scores,
+        index = tf.where(valid)  # [N, 2]: (list, position) of each candidate
+        scores = score_lists(context, examples, valid, index)
+        return {SIGNATURE_OUTPUT: tf.scatter_nd(index, scores,
                                                 tf.shape(examples, out_type=tf.int64))}
 
     signatures = {"serving_default": serve_examples, "predict_features": serve_features,

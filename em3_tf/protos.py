@@ -29,10 +29,8 @@ _MODULES = {
     "prediction_service_pb2_grpc": "tensorflow_serving.apis.prediction_service_pb2_grpc",
     "model_service_pb2_grpc": "tensorflow_serving.apis.model_service_pb2_grpc",
     "example_pb2": "tensorflow.core.example.example_pb2",
-    "feature_pb2": "tensorflow.core.example.feature_pb2",
     "tensor_pb2": "tensorflow.core.framework.tensor_pb2",
     "types_pb2": "tensorflow.core.framework.types_pb2",
-    "meta_graph_pb2": "tensorflow.core.protobuf.meta_graph_pb2",
 }
 
 
@@ -44,6 +42,8 @@ def load() -> types.SimpleNamespace:
     """The proto modules above as attributes (`protos.load().predict_pb2`, ...); loaded once
     per process."""
     global _LOADED
+    if _LOADED is not None:  # assigned once: no lock needed to read it
+        return _LOADED
     with _LOCK:
         if _LOADED is None:
             _LOADED = _import_protos()

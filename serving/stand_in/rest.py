@@ -190,7 +190,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _fail(self, error: ServingError):
+    def _fail(self, error: Exception):
+        """Answers `error` in TF Serving's JSON; anything but a `ServingError` is UNKNOWN."""
+        if not isinstance(error, ServingError):
+            error = ServingError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
         self._send(error.http_status, {"error": str(error)})
 
     def do_GET(self):
@@ -218,10 +221,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 get_model_status_pb2.GetModelStatusRequest(model_spec=spec))
             self._send(200, json_format.MessageToDict(
                 response, preserving_proto_field_name=True, including_default_value_fields=True))
-        except ServingError as error:
-            self._fail(error)
         except Exception as error:  # noqa: BLE001 - answer, and keep serving
-            self._fail(ServingError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"))
+            self._fail(error)
 
     def do_POST(self):
         path = urllib.parse.urlparse(self.path).path
@@ -261,10 +262,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 results = [r.value for r in response.result.regressions]
             self._send(200, {"results": results})
-        except ServingError as error:
-            self._fail(error)
         except Exception as error:  # noqa: BLE001 - answer, and keep serving
-            self._fail(ServingError(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}"))
+            self._fail(error)
 
 
 class RestServer:
