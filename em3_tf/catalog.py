@@ -8,6 +8,7 @@ EM3's answer to item cold start.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from typing import Any, Dict
@@ -15,12 +16,18 @@ from typing import Any, Dict
 import numpy as np
 
 
+def _gfile():
+    """`tf.io.gfile` (imported on use: the catalog's arrays need no TensorFlow)."""
+    import tensorflow as tf
+    return tf.io.gfile
+
+
 @dataclasses.dataclass
 class ItemCatalog:
     """Token features of every catalog item, per modality.
 
     Attributes:
-      item_ids: int64 `[N]`, unique item identifiers.
+      item_ids: `[N]` unique item identifiers: int64, or str for a data set with string ids.
       tokens: `{modality: float [N, T_m, D_m]}` token features from frozen encoders.
       masks: `{modality: bool [N, T_m]}`; an all-false row means the modality is missing.
       metadata: optional per-item arrays (`[N, ...]`), e.g. a genre label for plots.
@@ -35,7 +42,8 @@ class ItemCatalog:
     encoding: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        self.item_ids = np.asarray(self.item_ids, dtype=np.int64)
+        ids = np.asarray(self.item_ids)
+        self.item_ids = ids.astype(str) if ids.dtype.kind in "USO" else ids.astype(np.int64)
         if self.item_ids.ndim != 1:
             raise ValueError(f"`item_ids` must be 1-D, got shape {self.item_ids.shape}.")
         if len(np.unique(self.item_ids)) != len(self.item_ids):
@@ -64,31 +72,39 @@ class ItemCatalog:
         return {name: int(t.shape[-1]) for name, t in self.tokens.items()}
 
     def save(self, path: str) -> None:
-        """Writes `path` (a directory): `catalog.npz` and `catalog.json`, atomically."""
-        os.makedirs(path, exist_ok=True)
+        """Writes `path` (a directory, local or a URI such as gs://): `catalog.npz` and
+        `catalog.json`, each atomically."""
+        gfile = _gfile()
+        gfile.makedirs(path)
         arrays = {"item_ids": self.item_ids}
         for name in self.tokens:
             arrays[f"tokens/{name}"] = self.tokens[name]
             arrays[f"masks/{name}"] = self.masks[name]
         for name, value in self.metadata.items():
             arrays[f"metadata/{name}"] = np.asarray(value)
-        tmp = os.path.join(path, "catalog.npz.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, os.path.join(path, "catalog.npz"))
-        with open(os.path.join(path, "catalog.json"), "w") as f:
-            json.dump({"num_items": len(self), "modality_dims": self.modality_dims,
-                       "tokens_per_modality": {n: int(t.shape[1])
-                                               for n, t in self.tokens.items()},
-                       "metadata": sorted(self.metadata), "encoding": self.encoding}, f,
-                      indent=2)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        info = json.dumps({"num_items": len(self), "modality_dims": self.modality_dims,
+                           "tokens_per_modality": {n: int(t.shape[1])
+                                                   for n, t in self.tokens.items()},
+                           "metadata": sorted(self.metadata), "encoding": self.encoding},
+                          indent=2).encode()
+        for name, data in (("catalog.npz", buffer.getvalue()), ("catalog.json", info)):
+            tmp = os.path.join(path, name + ".tmp")
+            with gfile.GFile(tmp, "wb") as f:
+                f.write(data)
+            gfile.rename(tmp, os.path.join(path, name), overwrite=True)
 
     @classmethod
     def load(cls, path: str) -> "ItemCatalog":
-        file = os.path.join(path, "catalog.npz") if os.path.isdir(path) else path
-        if not os.path.exists(file):
+        """The catalog saved at `path` (its directory or its `catalog.npz`; local or a URI)."""
+        gfile = _gfile()
+        file = os.path.join(path, "catalog.npz") if gfile.isdir(path) else path
+        if not gfile.exists(file):
             raise FileNotFoundError(f"No item catalog at {file}.")
-        with np.load(file, allow_pickle=False) as data:
+        with gfile.GFile(file, "rb") as f:
+            buffer = io.BytesIO(f.read())
+        with np.load(buffer, allow_pickle=False) as data:
             groups: Dict[str, Dict[str, np.ndarray]] = {"tokens": {}, "masks": {}, "metadata": {}}
             for key in data.files:
                 if "/" in key:
@@ -97,18 +113,19 @@ class ItemCatalog:
             arrays = (data["item_ids"], groups["tokens"], groups["masks"], groups["metadata"])
         info = os.path.join(os.path.dirname(file), "catalog.json")
         encoding = {}
-        if os.path.exists(info):
-            with open(info) as f:
+        if gfile.exists(info):
+            with gfile.GFile(info) as f:
                 encoding = json.load(f).get("encoding", {})
         return cls(*arrays, encoding=encoding)
 
     def subset(self, item_ids: np.ndarray) -> "ItemCatalog":
         """The catalog restricted to `item_ids` (in that order); unknown ids raise."""
-        index = {int(i): k for k, i in enumerate(self.item_ids)}
-        missing = [int(i) for i in item_ids if int(i) not in index]
+        index = {i: k for k, i in enumerate(self.item_ids.tolist())}
+        wanted = np.asarray(item_ids).astype(self.item_ids.dtype).tolist()
+        missing = [i for i in wanted if i not in index]
         if missing:
             raise KeyError(f"Item ids not in catalog: {missing[:10]}")
-        rows = np.array([index[int(i)] for i in item_ids], dtype=np.int64)
+        rows = np.array([index[i] for i in wanted], dtype=np.int64)
         return ItemCatalog(self.item_ids[rows],
                            {n: t[rows] for n, t in self.tokens.items()},
                            {n: m[rows] for n, m in self.masks.items()},

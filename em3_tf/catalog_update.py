@@ -14,6 +14,7 @@ from their content (their ids are unknown to the ID embeddings, like any cold it
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from em3_tf._tf import tf
+from em3_tf.features import keys_of
 from em3_tf.catalog import ItemCatalog
 from em3_tf.export import CATALOG_ENCODING_FILE, set_method_names
 from em3_tf.interface import ENCODE_SIGNATURE
@@ -54,8 +56,11 @@ def add_items(base: str, items: ItemCatalog, source_version: Optional[int] = Non
         raise ValueError(f"{source} has no content table: only models with item content "
                          f"(exported by em3_tf.export with content_table=True) take new items.")
     table = loaded.content_table
-    known = table.item_ids.numpy()
-    clash = np.intersect1d(known, items.item_ids)
+    id_spec = loaded.signatures["predict_features"].structured_input_signature[1]["item_id"]
+    if id_spec.dtype == tf.string:  # the model's ids are strings: "17" is not 17's key
+        items = dataclasses.replace(items, item_ids=items.item_ids.astype(str))
+    known, new = table.item_ids.numpy(), keys_of(items.item_ids)
+    clash = items.item_ids[np.isin(new, known)]
     if len(clash):
         raise ValueError(f"Item ids already in the served catalog: {clash[:10].tolist()}"
                          f"{' ...' if len(clash) > 10 else ''}.")
@@ -73,7 +78,7 @@ def add_items(base: str, items: ItemCatalog, source_version: Optional[int] = Non
                          f"{wanted}.")
     embeddings = {k: v.numpy() for k, v in encode(**inputs).items()}
     branches = dict(table.tables)
-    ids = np.concatenate([known, items.item_ids])
+    ids = np.concatenate([known, new])
     merged = {name: np.concatenate([branches[name].numpy(), embeddings[name]])
               for name in branches}
     ids, merged = sorted_by_id(ids, merged)

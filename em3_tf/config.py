@@ -8,7 +8,11 @@ says whether the model uses the feedback. Every preset with item content reads t
 tokens through the same frozen reduction (`token_dim=64`, `max_tokens=8`); the frozen and
 concat-MLP encoders pool those same reduced tokens. `em3_full_cost` is EM3 without its two
 cost levers (raw tokens, LoRA adapters in every Q-Former projection): the one row that
-changes two things, to show what the levers cost in quality.
+changes two things, to show what the levers cost in quality. Beyond EM3 (QARM): `em3_sid` is
+EM3 plus semantic-id features (3 levels of RQ-KMeans codes of the co-engagement-aligned
+content, `em3_tf.layers.semantic_ids`); `sid_dcn` is the ID-only DCN with the codes in place of
+the item id. `em3_pq` (SEMINAR) runs the LoRA history branch over the 50 history items that
+product-quantized content retrieves (`em3_tf.layers.codebook_retrieval`), for long histories.
 
 | preset                  | item content encoder          | history content              | CIC | ID seq. | feedback |
 |-------------------------|-------------------------------|------------------------------|-----|---------|----------|
@@ -23,6 +27,9 @@ changes two things, to show what the levers cost in quality.
 | `em3_no_cic`            | Fusion-Q-Former               | Q-Former + LoRA on its output| no  | yes     | yes      |
 | `em3_no_feedback`       | Fusion-Q-Former               | Q-Former + LoRA on its output| yes | yes     | no       |
 | `em3_cached`            | Fusion-Q-Former               | frozen cache, per epoch      | yes | yes     | yes      |
+| `em3_sid`               | Fusion-Q-Former               | Q-Former + LoRA on its output| yes | yes     | yes      |
+| `em3_pq`                | Fusion-Q-Former               | LoRA over the top-50 by PQ   | yes | yes     | yes      |
+| `sid_dcn`               | none                          | none                         | no  | no      | yes      |
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from typing import Any, Dict, Tuple
 CONTENT_ENCODERS = ("none", "qformer", "concat_mlp", "frozen")
 LR_SCHEDULES = ("constant", "cosine")
 LORA_SCOPES = ("all", "output")
+SOURCES = ("content", "aligned")  # what semantic ids quantize (em3_tf.quantization.alignment)
+MAX_LEVELS = 8  # semantic-id code levels
 HISTORY_MODES = ("none", "lora", "full", "cache")
 ATTENTION_MODES = ("joint", "cross")
 
@@ -127,6 +136,14 @@ class EM3Config:
     content_lr_scale: float = 1.0
     context_features: Tuple[str, ...] = ()
     dense_features: Tuple[str, ...] = ()
+    semantic_id_levels: int = 0
+    semantic_id_codebook: int = 64
+    semantic_id_source: str = "aligned"
+    use_item_id: bool = True
+    history_retrieval_k: int = 0
+    pq_subspaces: int = 8
+    pq_centroids: int = 64
+    pq_refit_epochs: int = 1
 
     def __post_init__(self):
         _one_of("content_encoder", self.content_encoder, CONTENT_ENCODERS)
@@ -164,6 +181,30 @@ class EM3Config:
         if not 0 < self.feedback_prior_rate < 1 or self.max_rating < 0:
             raise ValueError(f"`max_rating` must be >= 0 and `feedback_prior_rate` in (0, 1); "
                              f"got {self.max_rating!r}, {self.feedback_prior_rate!r}.")
+        if not 0 <= int(self.semantic_id_levels) <= MAX_LEVELS:
+            raise ValueError(f"`semantic_id_levels` must be in [0, {MAX_LEVELS}] (0: no "
+                             f"semantic ids), got {self.semantic_id_levels!r}.")
+        if int(self.semantic_id_codebook) < 2:
+            raise ValueError(f"`semantic_id_codebook` must be >= 2, got "
+                             f"{self.semantic_id_codebook!r}.")
+        _one_of("semantic_id_source", self.semantic_id_source, SOURCES)
+        if not self.use_item_id and not self.semantic_id_levels:
+            raise ValueError("`use_item_id=False` needs semantic ids (`semantic_id_levels` "
+                             ">= 1): the model would have no item identity.")
+        if not self.use_item_id and (self.use_id_sequence or self.cic_weight > 0):
+            raise ValueError("`use_item_id=False` needs `use_id_sequence=False` and "
+                             "`cic_weight=0` (both read the item id embedding).")
+        if self.history_retrieval_k:
+            if not 1 <= int(self.history_retrieval_k) <= int(self.max_history_len):
+                raise ValueError(f"`history_retrieval_k` (K={self.history_retrieval_k}) must "
+                                 f"be in [1, max_history_len (L={self.max_history_len})].")
+            if self.history_content not in ("lora", "full"):
+                raise ValueError("`history_retrieval_k` needs a live history content branch "
+                                 f"('lora' or 'full'), got {self.history_content!r}.")
+            if self.content_dim % self.pq_subspaces or self.pq_refit_epochs < 1:
+                raise ValueError(f"`content_dim` ({self.content_dim}) must be divisible by "
+                                 f"`pq_subspaces` ({self.pq_subspaces}), and "
+                                 f"`pq_refit_epochs` >= 1.")
         object.__setattr__(self, "mlp_units", tuple(int(u) for u in self.mlp_units))
         object.__setattr__(self, "context_features", tuple(self.context_features))
         object.__setattr__(self, "dense_features", tuple(self.dense_features))
@@ -224,6 +265,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "em3_no_cic": dict(_LEAN, cic_weight=0.0),
     "em3_no_feedback": dict(_LEAN, use_feedback=False),
     "em3_cached": dict(_LEAN, history_content="cache", lora_scope="all"),
+    "em3_sid": dict(_LEAN, semantic_id_levels=3),
+    "em3_pq": dict(_LEAN, history_retrieval_k=50),
+    "sid_dcn": dict(content_encoder="none", history_content="none", cic_weight=0.0,
+                    use_id_sequence=False, semantic_id_levels=3, use_item_id=False),
 }
 
 

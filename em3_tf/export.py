@@ -2,19 +2,22 @@
 
 Signatures:
   - `serving_default`: `examples` (string `[B]`, serialized tf.Example with the raw features
-    of `em3_tf.features`, no label) -> `scores` (float `[B]`, click probability). This is what
+    of `em3_tf.features`, no label) -> `scores` (float `[B]`, click probability) and
+    `in_catalog` (bool `[B]`: the model knows the item; an unknown one is scored as the
+    unknown item, and the client warns, or refuses in strict mode). This is what
     TensorFlow Serving's Predict API is called with.
   - `predict_features`: the raw feature tensors (`user_id [B]`, `item_id [B]`, context
     features `[B]`, `user_prior_count [B]`, `user_prior_positives [B]`, and the aligned
     sequences `history_item_ids`, `history_labels`, `history_ratings`, `history_seconds_ago`
-    `[B, L]` padded with -1) -> `scores`.
+    `[B, L]` padded with -1) -> `scores`, `in_catalog`. Ids are int64, or strings (padding "")
+    for a model trained on string ids.
   - `regress` (`inputs` -> `outputs`) and `classify` (`inputs` -> `classes`, `scores` over
     "0"/"1"): the same model with TF Serving's Regress / Classify method names. TF Serving's
     Classify / Regress APIs also take `example_list_with_context` for them.
   - `serving_context`: `example_list_with_context` (string `[B]`, each a serialized
     `tensorflow.serving.ExampleListWithContext`: the user's features once in `context`, one
     tf.Example per candidate) -> `scores` (float `[B, N]`, N the longest list of the batch;
-    a shorter list's scores are followed by zeros). TF Ranking's request format for Predict:
+    a shorter list's scores are followed by zeros) and `in_catalog` (bool `[B, N]`). TF Ranking's request format for Predict:
     the user's features and history travel once per request instead of once per candidate.
     As in TF Ranking, context and candidate features are disjoint: every list needs a
     context with all user-side features (a missing one is INVALID_ARGUMENT, naming it), and
@@ -44,7 +47,7 @@ import os
 from em3_tf import features as F
 from em3_tf._tf import tf
 from em3_tf.config import EM3Config
-from em3_tf.interface import (CONTEXT_INPUT, CONTEXT_SIGNATURE, ENCODE_SIGNATURE,
+from em3_tf.interface import (CONTEXT_INPUT, CONTEXT_SIGNATURE, ENCODE_SIGNATURE, IN_CATALOG,
                               SIGNATURE_INPUT, SIGNATURE_OUTPUT)
 
 CONFIG_FILE = "em3_config.json"
@@ -74,28 +77,33 @@ def serving_signatures(model, transform_output=None):
         def transform(raw):
             return model.tft_layer(raw)
     else:
-        raw_spec = F.example_spec(config.context_features, with_label=False)
+        raw_spec = F.example_spec(config.context_features, with_label=False,
+                                  string_ids=model.string_ids)
 
         def transform(raw):
             return raw
 
+    def scored(raw):
+        return {SIGNATURE_OUTPUT: model.serve(transform(raw)),
+                IN_CATALOG: model.in_catalog(tf.reshape(raw[F.ITEM_ID], [-1]))}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=SIGNATURE_INPUT)])
     def serve_examples(examples):
-        raw = tf.io.parse_example(examples, raw_spec)
-        return {SIGNATURE_OUTPUT: model.serve(transform(raw))}
+        return scored(tf.io.parse_example(examples, raw_spec))
 
-    specs = [tf.TensorSpec([None], tf.int64, name=n) for n in names]
-    specs += [tf.TensorSpec([None, None], tf.int64, name=n) for n in sequences]
+    specs = [tf.TensorSpec([None], raw_spec[n].dtype, name=n) for n in names]
+    specs += [tf.TensorSpec([None, None], raw_spec[n].dtype, name=n) for n in sequences]
 
     @tf.function(input_signature=specs)
     def serve_features(*tensors):
         raw = {n: t[:, None] if _is_fixed_column(raw_spec[n]) else t
                for n, t in zip(names, tensors)}
         for n, t in zip(sequences, tensors[len(names):]):
-            ragged = tf.RaggedTensor.from_tensor(t, padding=F.PAD_ID)
+            pad = F.PAD_STRING if t.dtype == tf.string else F.PAD_ID
+            ragged = tf.RaggedTensor.from_tensor(t, padding=pad)
             raw[n] = (ragged.to_sparse() if isinstance(raw_spec[n], tf.io.VarLenFeature)
                       else ragged)
-        return {SIGNATURE_OUTPUT: model.serve(transform(raw))}
+        return scored(raw)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def regress(inputs):
@@ -112,7 +120,8 @@ def serving_signatures(model, transform_output=None):
                  **{n: tf.io.RaggedFeature(v.dtype) for n, v in user_spec.items()}}
 
     def score_lists(context, examples, valid, index):
-        """Scores `[N]` of the valid candidates of each list against its context."""
+        """`scored` outputs (`[N]` each) of the valid candidates of each list against its
+        context."""
         if transform_output is not None:
             # A Transform may combine user and item features, so it sees whole examples.
             # Serialized protos concatenate as a merge: each candidate's features over the
@@ -120,7 +129,7 @@ def serving_signatures(model, transform_output=None):
             merged = tf.boolean_mask(
                 tf.strings.join([tf.broadcast_to(context[:, None], tf.shape(examples)),
                                  examples]), valid)
-            return serve_examples(merged)[SIGNATURE_OUTPUT]
+            return serve_examples(merged)
         # TF Ranking's convention: user features from the context, item_id from each
         # candidate; the user's part of the model runs once per list.
         user = tf.io.parse_example(context, user_spec)
@@ -131,7 +140,8 @@ def serving_signatures(model, transform_output=None):
                     f"feature {n} belongs in the context") for n in user_spec]
         with tf.control_dependencies(checks):
             user_index = tf.identity(index[:, 0])
-        return model.serve({**user, F.ITEM_ID: items[F.ITEM_ID]}, user_index)
+        return {SIGNATURE_OUTPUT: model.serve({**user, F.ITEM_ID: items[F.ITEM_ID]}, user_index),
+                IN_CATALOG: model.in_catalog(items[F.ITEM_ID])}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CONTEXT_INPUT)])
     def serve_with_context(example_list_with_context):
@@ -141,9 +151,11 @@ def serving_signatures(model, transform_output=None):
         context = tf.pad(context, [[0, 0], [0, 1]])[:, 0]  # "" where a list has none
         valid = tf.range(tf.shape(examples)[1])[None, :] < sizes[:, :1]
         index = tf.where(valid)  # [N, 2]: (list, position) of each candidate
-        scores = score_lists(context, examples, valid, index)
-        return {SIGNATURE_OUTPUT: tf.scatter_nd(index, scores,
-                                                tf.shape(examples, out_type=tf.int64))}
+        outputs = score_lists(context, examples, valid, index)
+        shape = tf.shape(examples, out_type=tf.int64)
+        return {SIGNATURE_OUTPUT: tf.scatter_nd(index, outputs[SIGNATURE_OUTPUT], shape),
+                IN_CATALOG: tf.scatter_nd(index, tf.cast(outputs[IN_CATALOG], tf.int32),
+                                          shape) > 0}
 
     signatures = {"serving_default": serve_examples, "predict_features": serve_features,
                   "regress": regress, "classify": classify, CONTEXT_SIGNATURE: serve_with_context}

@@ -2,6 +2,8 @@
 
 - `ItemCatalogGen`: publishes the item catalog (content token features of every catalog item)
   as an `em3.ItemCatalog` artifact, so its lineage is tracked in MLMD like any other input.
+  Its `fingerprint` parameter (the catalog files' hash, `pipelines.fingerprint`) is part of
+  TFX's cache key, so a rebuilt catalog is published again and the model retrained.
 - `AnomaliesGate`: fails the run, before Transform and training, when ExampleValidator found
   anomalies; its message lists them by split and feature.
 - `EM3Trainer`: TFX's Trainer with one more input channel, `item_catalog`, whose URI reaches
@@ -11,8 +13,8 @@
 """
 
 import os
-import shutil
 
+import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.components.trainer import executor as trainer_executor
@@ -34,16 +36,19 @@ class EM3ItemCatalog(Artifact):
 
 @tfx.dsl.components.component
 def ItemCatalogGen(catalog_dir: tfx.dsl.components.Parameter[str],
+                   fingerprint: tfx.dsl.components.Parameter[str],
                    item_catalog: tfx.dsl.components.OutputArtifact[EM3ItemCatalog]):
-    """Copies the item catalog at `catalog_dir` into the pipeline's artifact store."""
+    """Copies the item catalog at `catalog_dir` (local or a URI) into the pipeline's artifact
+    store; `fingerprint` (its files' hash) keys the cache."""
     from em3_tf.catalog import ItemCatalog
 
     catalog = ItemCatalog.load(catalog_dir)  # fails here, with its path, if it is unreadable
-    os.makedirs(item_catalog.uri, exist_ok=True)
+    tf.io.gfile.makedirs(item_catalog.uri)
     for name in ("catalog.npz", "catalog.json"):
-        shutil.copy(os.path.join(catalog_dir, name), os.path.join(item_catalog.uri, name))
+        tf.io.gfile.copy(os.path.join(catalog_dir, name), os.path.join(item_catalog.uri, name),
+                         overwrite=True)
+    item_catalog.set_string_custom_property("fingerprint", fingerprint)
     item_catalog.set_int_custom_property("num_items", len(catalog))
-    print(f"ItemCatalogGen: {len(catalog)} items, modalities {catalog.modality_dims}", flush=True)
 
 
 class DataAnomalyError(RuntimeError):
@@ -57,7 +62,7 @@ def AnomaliesGate(anomalies: tfx.dsl.components.InputArtifact[
     problems = []
     for split in artifact_utils.decode_split_names(anomalies.split_names):
         path = os.path.join(anomalies.uri, f"Split-{split}", "SchemaDiff.pb")
-        with open(path, "rb") as f:
+        with tf.io.gfile.GFile(path, "rb") as f:
             found = anomalies_pb2.Anomalies.FromString(f.read())
         for feature, info in sorted(found.anomaly_info.items()):
             problems.append(f"{split}: feature '{feature}': {info.short_description} "
@@ -67,7 +72,6 @@ def AnomaliesGate(anomalies: tfx.dsl.components.InputArtifact[
     if problems:
         raise DataAnomalyError("Examples violate the schema; nothing is trained or pushed:\n  "
                                + "\n  ".join(problems))
-    print("AnomaliesGate: no anomalies", flush=True)
 
 
 class EM3TrainerSpec(standard_component_specs.TrainerSpec):

@@ -21,9 +21,16 @@ def parse_args(argv=None):
     p.add_argument("--image", required=True, help="container image with em3-tf installed")
     p.add_argument("--pipeline-root", required=True, help="artifact root (e.g. gs://...)")
     p.add_argument("--data-dir", required=True, help="output of `python -m em3_tf.data.build`")
-    p.add_argument("--serving-dir", default=d.serving_dir, help="Pusher base directory")
+    p.add_argument("--serving-dir", required=True, help="Pusher base directory (e.g. gs://...)")
+    p.add_argument("--auc-floor", type=float, default=None,
+                   help="default: the popularity baseline recorded in <data-dir>/summary.json")
+    p.add_argument("--catalog-hash", default="",
+                   help="default: the hash of <data-dir>/catalog's files")
+    p.add_argument("--hyperparameters-uri", default="",
+                   help="directory with best_hyperparameters.txt to import")
     p.add_argument("--output", default="em3_pipeline.json")
-    p.add_argument("--pipeline-name", default=d.pipeline_name)
+    p.add_argument("--pipeline-name", default=None,
+                   help="default: derived from the data set (PipelineConfig.for_data)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--preset", default=d.preset)
     p.add_argument("--beam-arg", action="append", default=[])
@@ -36,9 +43,13 @@ def main(argv=None):
 
     from pipelines.pipeline import create_pipeline
 
-    config = PipelineConfig(pipeline_name=args.pipeline_name, data_dir=args.data_dir,
-                            serving_dir=args.serving_dir, epochs=args.epochs,
-                            preset=args.preset, beam_args=tuple(args.beam_arg))
+    config = PipelineConfig.for_data(args.data_dir, pipeline_name=args.pipeline_name,
+                                     serving_dir=args.serving_dir, epochs=args.epochs,
+                                     preset=args.preset, auc_floor=args.auc_floor,
+                                     catalog_hash=args.catalog_hash,
+                                     hyperparameters_uri=args.hyperparameters_uri,
+                                     hyperparameters_dir="",
+                                     beam_args=tuple(args.beam_arg) or None)
     pipeline = create_pipeline(config)
     pipeline.pipeline_info.pipeline_root = args.pipeline_root
     pipeline.metadata_connection_config = None  # Kubeflow provides ML Metadata

@@ -5,7 +5,13 @@
     python -m pipelines.local_runner --beam-arg=--runner=FlinkRunner --beam-arg=--flink_master=HOST:8081
 
 Prints where every component's artifacts went, the evaluation summary (overall, cold-item and
-warm-item AUC), whether the model was blessed and where it was pushed.
+warm-item AUC), whether the model was blessed and where it was pushed. Exit status: 0 when
+the model was blessed and pushed, `NOT_BLESSED` (3) when it was not (the failed threshold and
+by how much are printed).
+
+Each data set gets its own pipeline name, ML Metadata database, pipeline root, served model
+name and push directory by default (`PipelineConfig.for_data`), and a pipeline name is bound
+to the data directory of its first run, so two data sets never share a baseline.
 """
 
 import argparse
@@ -13,9 +19,11 @@ import json
 import logging
 import os
 import sys
-import warnings
 
-from pipelines.config import REPO, PipelineConfig
+from pipelines import run_log
+from pipelines.config import PipelineConfig
+
+NOT_BLESSED = 3
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m pipelines.local_runner", description=__doc__,
@@ -39,19 +47,38 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--distribute", default=d.distribute, choices=["auto", "mirrored", "default"])
     p.add_argument("--mixed-precision", action="store_true")
-    p.add_argument("--auc-floor", type=float, default=d.auc_floor)
+    p.add_argument("--auc-floor", type=float, default=None,
+                   help="eval AUC a model needs to be blessed (default: the popularity "
+                        "baseline's eval AUC, recorded by the data build)")
+    p.add_argument("--schema", default=None,
+                   help="TFMD schema to validate against (default: <data>/schema.pbtxt)")
     p.add_argument("--regression-tolerance", type=float, default=d.regression_tolerance)
     p.add_argument("--pipeline-name", default=None)
     p.add_argument("--work-dir", default=d.work_dir, help="pipeline root and ML Metadata")
     p.add_argument("--serving-dir", default=d.serving_dir, help="Pusher base directory")
-    p.add_argument("--model-name", default=d.model_name)
+    p.add_argument("--model-name", default=None,
+                   help="served model name, and its push directory under --serving-dir "
+                        "(default: em3 for MovieLens-100K, em3-<data name> otherwise)")
     p.add_argument("--beam-arg", action="append", default=None,
                    help="a Beam pipeline argument (repeatable); default: DirectRunner in memory")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    p.add_argument("--verbose", action="store_true",
+                   help="every library's own log output (TFX, Beam, TensorFlow, ...)")
     p.add_argument("--logical-cpus", type=int, default=0,
                    help="split the CPU into N logical devices (to exercise --distribute "
                         "mirrored without GPUs)")
     return p.parse_args(argv)
+
+
+def _current(data_dir: str) -> bool:
+    """Whether `data_dir` holds a build of today's format (with its schema and the recorded
+    popularity floor); an older automatic build is rebuilt."""
+    summary = os.path.join(data_dir, "summary.json")
+    if not (os.path.exists(summary) and os.path.exists(os.path.join(data_dir, "schema.pbtxt"))):
+        return False
+    with open(summary) as f:
+        protocols = json.load(f)["protocols"].values()
+    return all("popularity_eval_auc" in p for p in protocols)
 
 
 def ensure_data(data: str) -> str:
@@ -62,7 +89,7 @@ def ensure_data(data: str) -> str:
                              f"`python -m em3_tf.data.build --out {data}`.")
         return data
     out = os.path.join("artifacts", data)
-    if not os.path.exists(os.path.join(out, "summary.json")):
+    if not _current(out):
         from em3_tf.data import build
         print(f"building {data} data into {out} ...", flush=True)
         build.main(["--out", out] + (["--source", "synthetic"] if data == "synthetic" else []))
@@ -70,22 +97,34 @@ def ensure_data(data: str) -> str:
 
 
 def config_from_args(args) -> PipelineConfig:
-    data_dir = ensure_data(args.data)
-    with open(os.path.join(data_dir, "summary.json")) as f:
-        synthetic = json.load(f)["data"] == "synthetic"
-    return PipelineConfig(
-        pipeline_name=args.pipeline_name or ("em3-synthetic" if synthetic else "em3-ml100k"),
-        data_dir=data_dir, protocol=args.protocol,
-        schema_file=os.path.join(REPO, "schemas",
-                                 "synthetic.pbtxt" if synthetic else "schema.pbtxt"),
-        work_dir=args.work_dir, serving_dir=args.serving_dir, model_name=args.model_name,
-        preset=args.preset, em3_overrides=json.loads(args.em3_config), epochs=args.epochs,
-        patience=args.patience, tune=args.tune, max_trials=args.max_trials,
-        batch_size=args.batch_size, seed=args.seed, distribute=args.distribute,
-        mixed_precision=args.mixed_precision, auc_floor=args.auc_floor,
-        regression_tolerance=args.regression_tolerance,
-        beam_args=tuple(args.beam_arg) if args.beam_arg else PipelineConfig.beam_args,
+    return PipelineConfig.for_data(
+        ensure_data(args.data), pipeline_name=args.pipeline_name, model_name=args.model_name,
+        schema_file=args.schema, protocol=args.protocol, work_dir=args.work_dir,
+        serving_dir=args.serving_dir, preset=args.preset,
+        em3_overrides=json.loads(args.em3_config), epochs=args.epochs, patience=args.patience,
+        tune=args.tune, max_trials=args.max_trials, batch_size=args.batch_size, seed=args.seed,
+        distribute=args.distribute, mixed_precision=args.mixed_precision,
+        auc_floor=args.auc_floor, regression_tolerance=args.regression_tolerance,
+        beam_args=tuple(args.beam_arg) if args.beam_arg else None,
         enable_cache=not args.no_cache)
+
+
+def bind_data(config: PipelineConfig) -> None:
+    """Records the pipeline's data directory on its first run; refuses another one later, so
+    that a model is never compared with, or replaces, one trained on other data."""
+    path = os.path.join(os.path.dirname(config.metadata_path), "data.json")
+    data = os.path.abspath(config.data_dir)
+    if os.path.exists(path):
+        with open(path) as f:
+            bound = json.load(f)["data_dir"]
+        if bound != data:
+            raise SystemExit(f"Pipeline '{config.pipeline_name}' was run on {bound}, not "
+                             f"{data}: pass another --pipeline-name (and --model-name) to keep "
+                             f"the two data sets' metadata, baselines and pushes apart.")
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"data_dir": data}, f)
 
 
 def run(config: PipelineConfig) -> dict:
@@ -93,6 +132,7 @@ def run(config: PipelineConfig) -> dict:
     from tfx import v1 as tfx
 
     from pipelines.pipeline import create_pipeline
+    bind_data(config)
     tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
     return summarize(config)
 
@@ -121,6 +161,29 @@ def _auc(eval_uri, slice_key):
     return None
 
 
+def failed_thresholds(eval_uri) -> list:
+    """One line per threshold the Evaluator's validation failed: the metric, its value, the
+    threshold and by how much it was missed."""
+    import tensorflow_model_analysis as tfma
+    lines = []
+    for per_slice in tfma.load_validation_result(eval_uri).metric_validations_per_slice:
+        for failure in per_slice.failures:
+            value = failure.metric_value.double_value.value
+            threshold = failure.metric_threshold
+            name = failure.metric_key.name
+            if failure.metric_key.is_diff:
+                bound = threshold.change_threshold.absolute.value
+                lines.append(f"{name} change vs the latest blessed model {value:+.4f} is below "
+                             f"the allowed {bound:+.4f} (by {bound - value:.4f})")
+            elif threshold.value_threshold.HasField("lower_bound"):
+                bound = threshold.value_threshold.lower_bound.value
+                lines.append(f"{name} {value:.4f} is below the floor {bound:.4f} (by "
+                             f"{bound - value:.4f})")
+            else:
+                lines.append(f"{name}: {failure.message}")
+    return lines
+
+
 def summarize(config: PipelineConfig) -> dict:
     """Where the latest artifacts are, the evaluation summary, blessing and push."""
     from ml_metadata.metadata_store import metadata_store
@@ -141,6 +204,8 @@ def summarize(config: PipelineConfig) -> dict:
     blessing = outputs.get("Evaluator/blessing")
     if blessing is not None:
         summary["blessed"] = bool(blessing.custom_properties["blessed"].int_value)
+        if not summary["blessed"] and evaluation is not None:
+            summary["failed_thresholds"] = failed_thresholds(evaluation.uri)
     pushed = outputs.get("Pusher/pushed_model")
     if pushed is not None:
         props = pushed.custom_properties
@@ -154,21 +219,31 @@ def summarize(config: PipelineConfig) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    if not args.verbose:
+        run_log.quiet()
     if args.logical_cpus > 1:
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
-    logging.getLogger().setLevel(logging.INFO)
-    config = config_from_args(args)
-    summary = run(config)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
+        config = config_from_args(args)
+        return report(config, run(config))
+    with run_log.component_lines() as lines:
+        config = config_from_args(args)
+        lines.config = config
+        print(f"EM3 pipeline '{config.pipeline_name}' on {config.data_dir} "
+              f"({config.protocol}); artifacts under {config.pipeline_root}", flush=True)
+        summary = run(config)
+    return report(config, summary)
+
+
+def report(config: PipelineConfig, summary: dict) -> int:
+    """Prints the evaluation, the blessing and the push; returns the exit status."""
     os.makedirs(os.path.dirname(config.metadata_path), exist_ok=True)
     with open(os.path.join(os.path.dirname(config.metadata_path), "last_run.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print("\n=== EM3 pipeline: artifacts ===")
-    for key, uri in summary["artifacts"].items():
-        print(f"  {key:40s} {uri}")
     print("=== evaluation (eval split) ===")
     print(f"  {'slice':16s} {'examples':>9s} {'AUC':>7s} {'log-loss':>9s} {'calibration':>12s}")
     for name, metrics in (summary.get("evaluation") or {}).items():
@@ -176,11 +251,13 @@ def main(argv=None):
         print(f"  {name:16s} {m.get('example_count', 0):9.0f} {m.get('auc', float('nan')):7.4f} "
               f"{m.get('binary_crossentropy', float('nan')):9.4f} "
               f"{m.get('calibration', float('nan')):12.3f}")
-    print(f"blessed: {summary.get('blessed')}; pushed: {summary.get('pushed')} "
-          f"{summary.get('pushed_to', '')}")
+    print(f"blessed: {summary.get('blessed')} (AUC floor {config.value_floor():.4f}); pushed: "
+          f"{summary.get('pushed')} {summary.get('pushed_to', '')}")
+    for line in summary.get("failed_thresholds", []):
+        print(f"  not blessed: {line}")
     print(f"serving versions under {config.push_base}: {summary['serving_versions']}",
           flush=True)
-    return 0
+    return 0 if summary.get("blessed") else NOT_BLESSED
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from em3_tf.data.splits import IS_COLD, IS_NEW_USER
 from em3_tf.interface import SIGNATURE_OUTPUT
 from pipelines.components import AnomaliesGate, EM3Trainer, EM3Tuner, ItemCatalogGen
 from pipelines.config import PipelineConfig, resolve
+from pipelines.fingerprint import code_fingerprint
 
 PREPROCESSING_FN = "em3_tf.tfx.preprocessing.preprocessing_fn"
 RUN_FN = "em3_tf.tfx.trainer.run_fn"
@@ -27,11 +28,12 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     """TFMA on the serving signature: AUC, log-loss, calibration; overall and per slice (cold /
     warm items, new / returning users, user activity).
 
-    Blessing (on the overall slice): AUC >= `auc_floor`, and no worse than the latest blessed
-    model by more than `regression_tolerance`. Slices are reported, not thresholded.
+    Blessing (on the overall slice): AUC >= `value_floor()` (by default the popularity
+    baseline's), and no worse than the latest blessed model of this pipeline by more than
+    `regression_tolerance`. Slices are reported, not thresholded.
     """
     auc_threshold = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.auc_floor}),
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": config.value_floor()}),
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
             absolute={"value": -config.regression_tolerance}))
@@ -59,31 +61,35 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         input_base=resolve(os.path.join(config.data_dir, config.protocol)),
         input_config=input_config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=resolve(config.schema_file))
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path())
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
-    transform = tfx.components.Transform(
+    transform = tfx.components.Transform(  # the code fingerprint keys TFX's cache
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn=PREPROCESSING_FN)
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"code": code_fingerprint(PREPROCESSING_FN.rsplit(".", 1)[0])})
     transform.add_upstream_node(gate)
-    catalog = ItemCatalogGen(catalog_dir=resolve(os.path.join(config.data_dir, "catalog")))
+    catalog = ItemCatalogGen(catalog_dir=resolve(os.path.join(config.data_dir, "catalog")),
+                             fingerprint=config.catalog_fingerprint())
     training_inputs = dict(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"], item_catalog=catalog.outputs["item_catalog"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.train_steps()),
+        train_args=tfx.proto.TrainArgs(),  # the Trainer counts its examples at run time
         eval_args=tfx.proto.EvalArgs(num_steps=0))
     config.em3_config()  # fails here, naming the field, on a bad override
     custom_config = {"preset": config.preset, "em3_overrides": dict(config.em3_overrides),
                      "epochs": config.epochs,
                      "patience": config.patience, "batch_size": config.batch_size,
                      "seed": config.seed, "distribute": config.distribute,
-                     "mixed_precision": config.mixed_precision, "model_name": config.model_name}
+                     "mixed_precision": config.mixed_precision, "model_name": config.model_name,
+                     "code": code_fingerprint(RUN_FN.rsplit(".", 1)[0])}
     hyperparameter_nodes = []
     if config.tune:
         tuner = EM3Tuner(tuner_fn=TUNER_FN,
-                         custom_config={**custom_config, "max_trials": config.max_trials},
+                         custom_config={**custom_config, "max_trials": config.max_trials,
+                                        "code": code_fingerprint(TUNER_FN.rsplit(".", 1)[0])},
                          **training_inputs)
         hyperparameter_nodes, best = [tuner], tuner.outputs["best_hyperparameters"]
     elif config.recorded_hyperparameters():

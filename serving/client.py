@@ -9,12 +9,18 @@ Library:
                           "history_ratings": [5, 2],            # 0 where there is no rating
                           "history_seconds_ago": [3600, 86400]},
                          candidates=[1, 2, 3])
+    # or, with the user's history read from a behaviour store (em3_tf.behaviour_store):
+    client = EM3Client("localhost:8500", "em3-shop", store=open_store("sqlite:///shop.db"))
+    ranked = client.rank("u_0042", ["SKU-00017", "SKU-00018"])
+    ranked.unknown_items          # candidates the served model does not know
     client.metadata(); client.status()
 
 CLI:
     python -m serving.client --target localhost:8500 rank --user-id 7 \\
         --history 50:1:5:3600,181:0:2:86400 \\
         --context user_age_bucket=2 --context user_gender=1 --candidates 1,2,3
+    python -m serving.client --target localhost:8500 --model-name em3-shop rank \
+        --user-id u_0042 --store sqlite:///artifacts/shop-store.db --candidates SKU-00017,SKU-00018
     python -m serving.client --target localhost:8500 metadata
     python -m serving.client --target localhost:8500 status
 
@@ -30,18 +36,40 @@ import json
 import random
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
 
 from em3_tf import interface as F
 from em3_tf import protos
-from em3_tf.interface import CONTEXT_INPUT, CONTEXT_SIGNATURE, SIGNATURE_INPUT, SIGNATURE_OUTPUT
+from em3_tf.interface import (CONTEXT_INPUT, CONTEXT_SIGNATURE, IN_CATALOG, SIGNATURE_INPUT,
+                              SIGNATURE_OUTPUT)
 
 _P = protos.load()  # the official TF Serving protos, without importing TensorFlow
 
 REQUEST_FORMATS = ("context", "flat")
+
+
+class Prediction(NamedTuple):
+    """One Predict call's result: `scores` and `in_catalog` `[n]`, and the served version."""
+    scores: np.ndarray
+    version: int
+    in_catalog: Optional[np.ndarray]
+
+
+class Ranking(list):
+    """`[(item_id, score)]`, best first; `unknown_items` lists the candidates the served model
+    does not know (scored as the unknown item)."""
+
+    def __init__(self, ranked, unknown_items=()):
+        super().__init__(ranked)
+        self.unknown_items = list(unknown_items)
+
+
+class UnknownItemWarning(UserWarning):
+    """Candidates that are not in the served model's catalog."""
 
 
 class ServingClientError(RuntimeError):
@@ -66,17 +94,24 @@ class EM3Client:
         `signature_name`).
       timeout_s: overall deadline of each call, retries included.
       retries: extra attempts on UNAVAILABLE, after jittered `backoff_s * 2**attempt` sleeps.
+      store: a behaviour store (`em3_tf.behaviour_store`): `rank` then takes a bare user id
+        and reads the user's last `max_history_len` interactions from it.
+      strict: refuse candidates the served model does not know (see `rank`).
     """
 
     def __init__(self, target="localhost:8500", model_name="em3", version: Optional[int] = None,
                  version_label: Optional[str] = None, signature_name="serving_default",
-                 timeout_s=5.0, retries=3, backoff_s=0.1, request_format="context"):
+                 timeout_s=5.0, retries=3, backoff_s=0.1, request_format="context",
+                 store=None, max_history_len=50, strict=False):
         if version is not None and version_label:
             raise ValueError("Give at most one of `version` and `version_label`.")
         if request_format not in REQUEST_FORMATS:
             raise ValueError(f"`request_format` must be one of {REQUEST_FORMATS}, got "
                              f"{request_format!r}.")
         self.request_format = request_format
+        self.store, self.max_history_len = store, int(max_history_len)
+        self.strict = bool(strict)
+        self._string_ids = None
         self._jitter = random.Random()
         if timeout_s <= 0 or retries < 0 or backoff_s < 0:
             raise ValueError("`timeout_s` must be > 0, `retries` and `backoff_s` >= 0.")
@@ -127,47 +162,102 @@ class EM3Client:
                 raise ServingClientError(code, error.details() or "") from None
         raise AssertionError("unreachable")
 
-    def predict_examples(self, serialized: Sequence[bytes]) -> Tuple[np.ndarray, int]:
-        """Scores serialized tf.Examples; returns `(scores [n], served version)`."""
+    @staticmethod
+    def _prediction(response, n=None) -> Prediction:
+        def output(name):
+            return protos.to_ndarray(response.outputs[name]).reshape(-1)[:n]
+        return Prediction(output(SIGNATURE_OUTPUT), response.model_spec.version.value,
+                          output(IN_CATALOG) if IN_CATALOG in response.outputs else None)
+
+    def predict_examples(self, serialized: Sequence[bytes]) -> Prediction:
+        """Scores serialized tf.Examples (`Prediction`: scores `[n]`, served version, and
+        whether the model knows each item)."""
         request = _P.predict_pb2.PredictRequest(model_spec=self._spec(self.signature_name))
         request.inputs[SIGNATURE_INPUT].CopyFrom(protos.tensor_proto(list(serialized)))
-        response = self._call(self.predictions.Predict, request)
-        return (protos.to_ndarray(response.outputs[SIGNATURE_OUTPUT]).reshape(-1),
-                response.model_spec.version.value)
+        return self._prediction(self._call(self.predictions.Predict, request))
 
-    def predict_with_context(self, context: bytes, candidates: Sequence[bytes]
-                             ) -> Tuple[np.ndarray, int]:
+    def predict_with_context(self, context: bytes, candidates: Sequence[bytes]) -> Prediction:
         """Scores serialized candidate tf.Examples merged over one serialized context
-        tf.Example (`serving_context` signature); returns `(scores [n], served version)`."""
+        tf.Example (`serving_context` signature); see `predict_examples`."""
         listed = _P.input_pb2.ExampleListWithContext()
         listed.context.ParseFromString(context)
         for candidate in candidates:
             listed.examples.add().ParseFromString(candidate)
         request = _P.predict_pb2.PredictRequest(model_spec=self._spec(CONTEXT_SIGNATURE))
         request.inputs[CONTEXT_INPUT].CopyFrom(protos.tensor_proto([listed.SerializeToString()]))
-        response = self._call(self.predictions.Predict, request)
-        scores = protos.to_ndarray(response.outputs[SIGNATURE_OUTPUT]).reshape(-1)
-        scores = scores[:len(candidates)]
-        return scores, response.model_spec.version.value
+        return self._prediction(self._call(self.predictions.Predict, request), len(candidates))
 
-    def rank(self, user: Dict, candidates: Sequence[int]) -> List[Tuple[int, float]]:
-        """`[(item_id, score)]` of `candidates` for `user`, best first.
+    def string_ids(self) -> Optional[bool]:
+        """Whether the served model takes string ids (from its `predict_features` signature,
+        read once); None when the model does not say."""
+        if self._string_ids is None:
+            inputs = self.metadata()["signatures"].get("predict_features", {}).get("inputs", {})
+            self._string_ids = {"string": True, "int64": False}.get(inputs.get(F.USER_ID))
+        return self._string_ids
 
-        `user` holds `user_id`, the model's context features and the user's history with its
-        feedback: the aligned lists `history_item_ids` (most recent first), `history_labels`,
-        `history_ratings` and `history_seconds_ago` (seconds before now). The running
-        statistics `user_prior_count` / `user_prior_positives` default to those of the given
-        history; pass them when the history is cut. One Predict call, in `request_format`.
+    def _as_model_ids(self, user: Dict, candidates: Sequence) -> Tuple[Dict, list]:
+        """`user` and `candidates` with every id as the served model's id type: a string-id
+        model gets "17" for 17, an integer-id model 17 for "17" (else a ValueError)."""
+        string = self.string_ids()
+        if string is None:
+            return user, list(candidates)
+
+        def cast(value, name):
+            if string:
+                return str(value)
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"The served model takes integer ids, but '{name}' is "
+                                 f"{value!r}.") from None
+
+        ids = {name for name in user if name not in F.FEEDBACK_FEATURES}
+        user = {name: ([cast(v, name) for v in value] if name == F.HISTORY
+                       else cast(value, name) if name in ids else value)
+                for name, value in user.items()}
+        return user, [cast(c, F.ITEM_ID) for c in candidates]
+
+    def rank(self, user, candidates: Sequence, at: Optional[int] = None) -> Ranking:
+        """`[(item_id, score)]` of `candidates` for `user`, best first (a `Ranking`).
+
+        `user` is a user id, whose features are read from the client's behaviour `store`
+        (`em3_tf.behaviour_store`), or a dict with `user_id`, the model's context features
+        and the user's history with its feedback: the aligned lists `history_item_ids` (most
+        recent first), `history_labels`, `history_ratings` and `history_seconds_ago` (seconds
+        before now). With a store, `at` is the request time (unix seconds; default now): only
+        interactions strictly before it count. The running statistics `user_prior_count` /
+        `user_prior_positives`
+        default to those of the given history; pass them when the history is cut. Ids may be
+        integers or strings; they are sent as the served model's id type. One Predict call,
+        in `request_format`. Candidates the served model does not know are listed in
+        `Ranking.unknown_items` with an `UnknownItemWarning`, or, with `strict`, refused with
+        INVALID_ARGUMENT.
         """
         if not len(candidates):
             raise ValueError("`candidates` is empty.")
+        if not isinstance(user, dict):
+            if self.store is None:
+                raise ValueError("`user` is a user id, but this client has no behaviour "
+                                 "`store` to read the user's history from.")
+            user = {F.USER_ID: user,
+                    **self.store.features(user, at=at, max_len=self.max_history_len)}
+        user, candidates = self._as_model_ids(user, candidates)
         if self.request_format == "flat":
-            scores, _ = self.predict_examples(F.to_examples(user_rows(user, candidates)))
+            result = self.predict_examples(F.to_examples(user_rows(user, candidates)))
         else:
-            context, items = context_request(user, candidates)
-            scores, _ = self.predict_with_context(context, items)
-        order = np.argsort(-scores, kind="stable")
-        return [(int(candidates[i]), float(scores[i])) for i in order]
+            result = self.predict_with_context(*context_request(user, candidates))
+        unknown = ([] if result.in_catalog is None else
+                   [c for c, known in zip(candidates, result.in_catalog) if not known])
+        if unknown and self.strict:
+            raise ServingClientError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"candidate item(s) {unknown[:10]} are not in the served "
+                                     f"model's catalog")
+        if unknown:
+            warnings.warn(f"candidate item(s) {unknown[:10]} are not in the served model's "
+                          f"catalog: scored as the unknown item", UnknownItemWarning,
+                          stacklevel=2)
+        order = np.argsort(-result.scores, kind="stable")
+        return Ranking([(candidates[i], float(result.scores[i])) for i in order], unknown)
 
     def metadata(self) -> Dict:
         """`{signature: {"inputs": {...}, "outputs": {...}, "method": ...}}` of the model."""
@@ -199,11 +289,16 @@ def _dtype_name(dtype: int) -> str:
     return {"float": "float32", "double": "float64", "half": "float16"}.get(name, name)
 
 
-def user_rows(user: Dict, candidates: Sequence[int]) -> Dict[str, np.ndarray]:
-    """The per-candidate feature rows of `EM3Client.rank`'s `user` (see there)."""
+def user_rows(user: Dict, candidates: Sequence) -> Dict[str, np.ndarray]:
+    """The per-candidate feature rows of `EM3Client.rank`'s `user` (see there); the history
+    items are strings when the user id is one."""
     if F.USER_ID not in user:
         raise ValueError(f"`user` needs '{F.USER_ID}'.")
-    history = {name: np.asarray(list(user.get(name, [])), np.int64) for name in F.SEQUENCES}
+    string = isinstance(user[F.USER_ID], str)
+    history = {F.HISTORY: np.asarray(list(user.get(F.HISTORY, [])),
+                                     object if string else np.int64),
+               **{name: np.asarray(list(user.get(name, [])), np.int64)
+                  for name in F.FEEDBACK_SEQUENCES}}
     for name in F.FEEDBACK_SEQUENCES:
         if len(history[name]) != len(history[F.HISTORY]):
             raise ValueError(f"`user['{name}']` has {len(history[name])} entries; it must have "
@@ -211,15 +306,17 @@ def user_rows(user: Dict, candidates: Sequence[int]) -> Dict[str, np.ndarray]:
     stats = {F.USER_COUNT: len(history[F.HISTORY]),
              F.USER_POSITIVES: int((history[F.HISTORY_LABELS] > 0).sum())}
     n = len(candidates)
-    rows = {name: np.full(n, int(value), np.int64)
+    rows = {name: np.full(n, value if isinstance(value, str) else int(value),
+                          object if isinstance(value, str) else np.int64)
             for name, value in {**stats, **user}.items() if name not in F.SEQUENCES}
-    rows[F.ITEM_ID] = np.asarray(candidates, np.int64)
+    rows[F.ITEM_ID] = np.asarray(candidates, object if isinstance(candidates[0], str)
+                                 else np.int64)
     rows.update({name: np.repeat(value.reshape(1, -1), n, axis=0)
                  for name, value in history.items()})
     return rows
 
 
-def context_request(user: Dict, candidates: Sequence[int]) -> Tuple[bytes, List[bytes]]:
+def context_request(user: Dict, candidates: Sequence) -> Tuple[bytes, List[bytes]]:
     """`(context, candidates)` serialized tf.Examples of `EM3Client.rank`'s context format:
     the user's features once, and one `item_id`-only tf.Example per candidate."""
     rows = user_rows(user, candidates[:1])
@@ -228,17 +325,23 @@ def context_request(user: Dict, candidates: Sequence[int]) -> Tuple[bytes, List[
     return context, [F.example({F.ITEM_ID: [c]}) for c in candidates]
 
 
-def _ints(text):
-    return [int(x) for x in text.split(",") if x.strip()]
+def _ids(text):
+    """`a,b,c` -> ids as strings (sent as the served model's id type)."""
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _history(text):
     """`item:label:rating:seconds_ago,...` -> the four aligned history lists."""
-    entries = [e.split(":") for e in text.split(",") if e.strip()]
+    entries = [e.rsplit(":", 3) for e in text.split(",") if e.strip()]
     if any(len(e) != 4 for e in entries):
         raise argparse.ArgumentTypeError(
             "each history entry must be ITEM:LABEL:RATING:SECONDS_AGO, e.g. 50:1:5:3600")
-    return {name: [int(e[k]) for e in entries] for k, name in enumerate(F.SEQUENCES)}
+    try:
+        return {F.HISTORY: [e[0] for e in entries],
+                **{name: [int(e[k]) for e in entries]
+                   for k, name in enumerate(F.SEQUENCES) if k}}
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"history feedback must be integers: {error}")
 
 
 def main(argv=None):
@@ -253,22 +356,40 @@ def main(argv=None):
                    help="rank: ExampleListWithContext (default) or one tf.Example per candidate")
     sub = p.add_subparsers(dest="command", required=True)
     rank = sub.add_parser("rank", help="score one user against candidate items")
-    rank.add_argument("--user-id", type=int, required=True)
-    rank.add_argument("--history", type=_history, default={},
+    rank.add_argument("--user-id", required=True, help="an integer or string user id")
+    rank.add_argument("--history", type=_history, default=None,
                       help="ITEM:LABEL:RATING:SECONDS_AGO entries, most recent first (rating "
-                           "0: none)")
-    rank.add_argument("--candidates", type=_ints, required=True)
-    rank.add_argument("--context", action="append", default=[], metavar="NAME=INT")
+                           "0: none); without it the history comes from --store")
+    rank.add_argument("--store", help="behaviour store URL (sqlite:///path.db, "
+                                      "redis://host:port/0) to read the user's history from")
+    rank.add_argument("--candidates", type=_ids, required=True, help="comma-separated item ids")
+    rank.add_argument("--context", action="append", default=[], metavar="NAME=VALUE")
+    rank.add_argument("--strict", action="store_true",
+                      help="refuse candidates the served model does not know")
     sub.add_parser("metadata", help="GetModelMetadata")
     sub.add_parser("status", help="GetModelStatus")
     args = p.parse_args(argv)
+    store = None
+    if getattr(args, "store", None):
+        from em3_tf.behaviour_store import open_store
+        store = open_store(args.store)
     with EM3Client(args.target, args.model_name, args.version, args.version_label,
-                   timeout_s=args.timeout, request_format=args.request_format) as client:
+                   timeout_s=args.timeout, request_format=args.request_format,
+                   store=store, strict=getattr(args, "strict", False)) as client:
         try:
             if args.command == "rank":
-                user = {F.USER_ID: args.user_id, **args.history}
-                user.update({k: int(v) for k, v in (c.split("=", 1) for c in args.context)})
-                result = client.rank(user, args.candidates)
+                if args.history is None and store is not None:
+                    user_id = int(args.user_id) if store.id_type() == "int" else args.user_id
+                    user = {F.USER_ID: user_id,
+                            **store.features(user_id, max_len=client.max_history_len)}
+                else:
+                    user = {F.USER_ID: args.user_id, **(args.history or {})}
+                user.update(dict(c.split("=", 1) for c in args.context))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UnknownItemWarning)  # listed in the output
+                    ranked = client.rank(user, args.candidates)
+                result = {"ranking": [list(pair) for pair in ranked],
+                          "unknown_items": ranked.unknown_items}
             else:
                 result = client.metadata() if args.command == "metadata" else client.status()
         except ServingClientError as error:

@@ -8,33 +8,36 @@ out of training (catalog content only), sends one Predict request and prints the
 """
 
 import argparse
-import json
 import os
 import sys
+import warnings
 
-import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow: no C++ log noise
+warnings.filterwarnings("ignore", category=FutureWarning)
 
-from em3_tf import features as F
-from em3_tf.data import records
-from serving.client import EM3Client
+import numpy as np  # noqa: E402
+
+from em3_tf import features as F  # noqa: E402
+from em3_tf.data import records  # noqa: E402
+from serving.client import EM3Client  # noqa: E402
 
 
 def pick_request(data_dir, protocol="item_cold", seed=0, per_kind=5):
     """A test user (with history and context) and warm + cold candidates."""
-    with open(os.path.join(data_dir, protocol, "metadata.json")) as f:
-        context = json.load(f)["context_features"]
+    context = records.read_metadata(data_dir, protocol)["context_features"]
     test = records.read_split(data_dir, protocol, "test")
     rng = np.random.default_rng(seed)
-    rows = np.flatnonzero((test[F.HISTORY] != F.PAD_ID).sum(1) >= 10)
+    padded = test[F.HISTORY] == F.padding_of(test[F.HISTORY])
+    rows = np.flatnonzero((~padded).sum(1) >= 10)
     row = int(rng.choice(rows))
-    valid = test[F.HISTORY][row] != F.PAD_ID
-    user = {F.USER_ID: int(test[F.USER_ID][row])}
-    user.update({name: [int(v) for v in test[name][row][valid]] for name in F.SEQUENCES})
-    user.update({name: int(test[name][row]) for name in context + list(F.USER_STATISTICS)})
+    valid = ~padded[row]
+    user = {F.USER_ID: test[F.USER_ID][row].item()}  # ids: int or str, as the data has them
+    user.update({name: test[name][row][valid].tolist() for name in F.SEQUENCES})
+    user.update({name: test[name][row].item() for name in context + list(F.USER_STATISTICS)})
     cold = np.unique(test[F.ITEM_ID][test["is_cold_item"] == 1])
     warm = np.unique(test[F.ITEM_ID][test["is_cold_item"] == 0])
-    candidates = {int(i): "cold" for i in rng.choice(cold, per_kind, replace=False)}
-    candidates.update({int(i): "warm" for i in rng.choice(warm, per_kind, replace=False)})
+    candidates = {i.item(): "cold" for i in rng.choice(cold, per_kind, replace=False)}
+    candidates.update({i.item(): "warm" for i in rng.choice(warm, per_kind, replace=False)})
     return user, candidates
 
 
@@ -66,7 +69,7 @@ def main(argv=None):
         print(f"user {user[F.USER_ID]}, {len(user[F.HISTORY])} history items; "
               f"{len(candidates)} candidates in one Predict request:")
         for item, score in ranked:
-            print(f"  item {item:5d}  {candidates[item]:4s}  score {score:.4f}")
+            print(f"  item {str(item):>9s}  {candidates[item]:4s}  score {score:.4f}")
     finally:
         if server is not None:
             server.stop(0)

@@ -136,11 +136,21 @@ def test_generic_log_layout(tmp_path):
     pd.DataFrame({F.ITEM_ID: [10, 11, 12, 13], "title": ["A", "B", "C", "Never seen"],
                   "genres": ["Drama|War", "Comedy", "", "Drama"], "year": [1990, 2001, 0, 1999]}
                  ).to_csv(tmp_path / "items.csv", index=False)
-    tables = movielens.load_interaction_log(str(tmp_path / "log.csv"), str(tmp_path / "items.csv"))
+    tables, report = movielens.load_interaction_log(str(tmp_path / "log.csv"),
+                                                    str(tmp_path / "items.csv"))
+    assert report.problems == []
     data = movielens.build(tables, max_history_len=3, fractions=(0.5, 0.25, 0.25),
                            progress=False, name="log")
     assert len(data.catalog) == 4  # the never-interacted item is in the catalog
     assert data.splits["train"][F.LABEL].tolist() == [1, 0, 1]
+    pd.read_csv(tmp_path / "log.csv").assign(device="phone").to_csv(tmp_path / "extra.csv",
+                                                                    index=False)
+    with pytest.raises(ValueError, match=r"column\(s\) \['device'\].*--drop-columns"):
+        movielens.load_interaction_log(str(tmp_path / "extra.csv"), str(tmp_path / "items.csv"))
+    tables, _ = movielens.load_interaction_log(str(tmp_path / "extra.csv"),
+                                               str(tmp_path / "items.csv"),
+                                               drop_columns=["device"])
+    assert "device" not in tables["interactions"].columns
     with pytest.raises(ValueError, match="'rating' or 'label'"):
         pd.DataFrame({F.USER_ID: [1], F.ITEM_ID: [10], "timestamp": [1]}).to_csv(
             tmp_path / "bad.csv", index=False)

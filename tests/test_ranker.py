@@ -11,6 +11,8 @@ from em3_tf.training import build_ranker, train_and_evaluate
 
 def _model(data, preset="em3", **overrides):
     tf.keras.utils.set_random_seed(0)
+    if PRESETS[preset].get("history_retrieval_k"):  # K must fit in the short test histories
+        overrides.setdefault("history_retrieval_k", 5)
     config = EM3Config.preset(preset, max_history_len=10, width=16, num_heads=2, **overrides)
     return build_ranker(config, data)
 
@@ -79,6 +81,51 @@ def test_every_preset_trains_and_predicts(small_data, preset):
     scores = model.predict(small_data.dataset("test", 64, with_label=False), verbose=0)
     assert scores.shape == (len(small_data.splits["test"][F.ITEM_ID]),)
     assert np.all((scores > 0) & (scores < 1))
+
+
+def test_score_table_of_a_keras_model_lines_scores_up_with_ids(small_data):
+    from em3_tf.scoring import score_table
+    model = _model(small_data, "em3")
+    features = small_data.model_features("test")
+    table = score_table(model, features, batch_size=50)
+    expected = model.predict(small_data.dataset("test", 64, with_label=False), verbose=0)
+    assert list(table.columns) == [F.USER_ID, F.ITEM_ID, "score", F.LABEL]
+    assert table[F.ITEM_ID].tolist() == features[F.ITEM_ID].tolist()
+    assert table[F.LABEL].tolist() == features[F.LABEL].tolist()
+    np.testing.assert_allclose(table["score"], expected.reshape(-1), atol=1e-6)
+
+
+def _with_string_ids(data):
+    """`data` with every user and item id written as a string ("u0007", "i0012"; padding ""),
+    zero-padded so that the sorted vocabularies keep the integers' order."""
+    import dataclasses
+
+    def text(prefix, ids):
+        ids = np.asarray(ids)
+        return np.where(ids == F.PAD_ID, "", np.char.add(prefix, np.char.zfill(ids.astype(str), 4)))
+
+    splits = {name: {**part, F.USER_ID: text("u", part[F.USER_ID]),
+                     F.ITEM_ID: text("i", part[F.ITEM_ID]), F.HISTORY: text("i", part[F.HISTORY])}
+              for name, part in data.splits.items()}
+    catalog = dataclasses.replace(data.catalog, item_ids=text("i", data.catalog.item_ids))
+    return dataclasses.replace(data, splits=splits, catalog=catalog)
+
+
+def test_string_ids_train_score_like_their_integer_twins_and_refuse_integers(small_data):
+    """The same data with string ids: the same vocabulary order and catalog rows, so the same
+    weights give the same scores on known ids (training rows; tolerance 1e-5); integer ids are
+    refused."""
+    strings = _with_string_ids(small_data)
+    assert strings.string_ids and not small_data.string_ids
+    a, b = _model(small_data, "em3"), _model(strings, "em3")
+    good, twin = first_rows(strings, "train", 16), first_rows(small_data, "train", 16)
+    a(twin), b(good)
+    b.set_weights(a.get_weights())
+    np.testing.assert_allclose(b(good).numpy(), a(twin).numpy(), atol=1e-5)
+    history = b.fit(strings.dataset("train", 64).take(2), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    with pytest.raises(F.FeatureError, match="'user_id' must be a string tensor"):
+        b(first_rows(small_data, "test", 8))
 
 
 def test_oov_rows_move_in_training_only_with_id_dropout(small_data):

@@ -143,7 +143,7 @@ def test_metadata_and_status(server):
         status = client.status()
     default = metadata["signatures"]["serving_default"]
     assert default["inputs"] == {"examples": "string"}
-    assert default["outputs"] == {"scores": "float32"}
+    assert default["outputs"] == {"scores": "float32", "in_catalog": "bool"}
     assert metadata["signatures"]["regress"]["method"] == "tensorflow/serving/regress"
     assert any(s["state"] == "AVAILABLE" for s in status)
 

@@ -30,6 +30,11 @@ class RankingData:
     context_features: Tuple[str, ...] = ()
     protocol: str = "temporal"
 
+    @property
+    def string_ids(self) -> bool:
+        """Whether the ids are strings (e.g. "SKU-00017") rather than integers."""
+        return F.is_string(self.catalog.item_ids)
+
     def vocabularies(self) -> Dict[str, np.ndarray]:
         """Known ids per ID feature: the values seen in the training split."""
         train = self.splits["train"]

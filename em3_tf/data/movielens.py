@@ -27,7 +27,12 @@ from em3_tf.catalog import ItemCatalog
 from em3_tf.data.dataset import RankingData
 from em3_tf.data.splits import RATING, TIMESTAMP, make_splits
 
-CONTEXT_FEATURES = ("user_age_bucket", "user_gender", "user_occupation")
+# The user context features of MovieLens-100K and their value ranges (-1: unknown), declared
+# once: `user_context` makes them, the schema (`em3_tf.data.schema`) and the data's metadata
+# are written from them, and the Transform, the trainer and the client read them from there.
+CONTEXT_DOMAINS = {"user_age_bucket": (-1, 12), "user_gender": (-1, 1),
+                   "user_occupation": (-1, 100)}
+CONTEXT_FEATURES = tuple(CONTEXT_DOMAINS)
 
 
 def default_ml100k_dir() -> str:
@@ -98,33 +103,61 @@ def _load_grouplens(path):
 
 
 def _read_table(file):
-    return pd.read_parquet(file) if file.endswith((".parquet", ".pq")) else pd.read_csv(file)
+    """A CSV or Parquet table; CSV ids are read as text, so that "00017" keeps its zeros
+    (`em3_tf.data.cleaning` makes canonical integer ids int64)."""
+    if file.endswith((".parquet", ".pq")):
+        return pd.read_parquet(file)
+    return pd.read_csv(file, dtype={F.USER_ID: str, F.ITEM_ID: str})
+
+
+def item_table(catalog: pd.DataFrame) -> pd.DataFrame:
+    """`{item_id, title, genres (list), year, has_title}` from an item table with `item_id`,
+    `title` and optional `genres` (`|`-separated) and `year`; ids are kept as they are."""
+    if F.ITEM_ID not in catalog.columns or "title" not in catalog.columns:
+        raise ValueError(f"An item table needs columns '{F.ITEM_ID}' and 'title'; it has "
+                         f"{list(catalog.columns)}.")
+    genres = (catalog["genres"].fillna("").astype(str).str.split("|")
+              .map(lambda gs: [g.strip() for g in gs if g.strip()])
+              if "genres" in catalog.columns else [[] for _ in range(len(catalog))])
+    year = (pd.to_numeric(catalog["year"], errors="coerce").fillna(-1).astype(int)
+            if "year" in catalog.columns else -1)
+    title = catalog["title"].fillna("").astype(str)
+    has_title = (catalog["has_title"].astype(bool) if "has_title" in catalog.columns
+                 else title.str.strip() != "")
+    return pd.DataFrame({F.ITEM_ID: catalog[F.ITEM_ID], "title": title,
+                         "genres": list(genres), "year": year, "has_title": has_title})
 
 
 def read_items(items: str) -> pd.DataFrame:
-    """An item table (CSV or Parquet) with `item_id`, `title` and optional `genres`
-    (`|`-separated) and `year`, as `{item_id, title, genres (list), year}`."""
-    catalog = _read_table(items)
-    if F.ITEM_ID not in catalog.columns or "title" not in catalog.columns:
-        raise ValueError(f"Item catalog {items} needs columns '{F.ITEM_ID}' and 'title'.")
-    genres = (catalog["genres"].fillna("").astype(str).str.split("|")
-              .map(lambda gs: [g for g in gs if g]) if "genres" in catalog.columns
-              else [[] for _ in range(len(catalog))])
-    year = catalog["year"].fillna(-1).astype(int) if "year" in catalog.columns else -1
-    return pd.DataFrame({F.ITEM_ID: catalog[F.ITEM_ID].astype(np.int64),
-                         "title": catalog["title"].fillna("").astype(str),
-                         "genres": list(genres), "year": year})
+    """`item_table` of an item file (CSV or Parquet)."""
+    return item_table(_read_table(items))
 
 
-def load_interaction_log(interactions: str, items: str) -> Dict[str, pd.DataFrame]:
-    """Tables from a generic interaction log and item catalog (CSV or Parquet)."""
-    log = _read_table(interactions)
-    need = [F.USER_ID, F.ITEM_ID, TIMESTAMP]
-    missing = [c for c in need if c not in log.columns]
-    if missing or not ({RATING, F.LABEL} & set(log.columns)):
-        raise ValueError(f"Interaction log {interactions} needs columns {need} and '{RATING}' "
-                         f"or '{F.LABEL}'; missing {missing or [RATING]}.")
-    return {"interactions": log, "items": read_items(items), "users": None}
+LOG_COLUMNS = (F.USER_ID, F.ITEM_ID, TIMESTAMP, RATING, F.LABEL)
+ITEM_COLUMNS = (F.ITEM_ID, "title", "genres", "year")
+
+
+def _known_columns(table: pd.DataFrame, known, drop, what: str) -> pd.DataFrame:
+    """`table` without the `drop` columns; any other column not in `known` is refused, so
+    that no column of the user's data is left out silently."""
+    unknown = [c for c in table.columns if c not in known and c not in drop]
+    if unknown:
+        raise ValueError(f"The {what} table has column(s) {unknown} that the model does not "
+                         f"use (it reads {list(known)}); remove them, or pass them to "
+                         f"--drop-columns to drop them knowingly.")
+    return table.drop(columns=[c for c in drop if c in table.columns])
+
+
+def load_interaction_log(interactions: str, items: str, on_bad_rows="fail",
+                         label_threshold=4.0, drop_columns=()):
+    """`(tables, report)` from a generic interaction log and item catalog (CSV or Parquet),
+    checked and cleaned by `em3_tf.data.cleaning` (`report`: its `DataReport`). A column
+    neither used nor named in `drop_columns` is refused."""
+    from em3_tf.data.cleaning import clean
+    log = _known_columns(_read_table(interactions), LOG_COLUMNS, drop_columns, "interactions")
+    catalog = _known_columns(_read_table(items), ITEM_COLUMNS, drop_columns, "items")
+    log, catalog, report = clean(log, catalog, on_bad_rows, label_threshold)
+    return {"interactions": log, "items": item_table(catalog), "users": None}, report
 
 
 def item_text(title: str, genres) -> str:
@@ -150,15 +183,19 @@ def encode_catalog(items: pd.DataFrame, text_preset=None, text_length=24, cache_
         text_length = encoding["text_length"]
     preset = text_preset or default_text_preset()
     texts = [item_text(t, g) for t, g in zip(items["title"], items["genres"])]
+    has_title = (items["has_title"].to_numpy(bool) if "has_title" in items.columns
+                 else np.ones(len(items), bool))
     key = hashlib.sha256(repr(("catalog-v3", texts, list(items[F.ITEM_ID]), list(items["year"]),
-                               os.path.abspath(preset), text_length,
-                               encoding)).encode()).hexdigest()[:16]
+                               os.path.abspath(preset), text_length, encoding)
+                              + (() if has_title.all() else (has_title.tolist(),))
+                              ).encode()).hexdigest()[:16]
     path = cache_dir and os.path.join(cache_dir, f"catalog-{key}")
     if path and os.path.exists(os.path.join(path, "catalog.npz")):
         if progress:
             print(f"item catalog: reusing {path}", flush=True)
         return ItemCatalog.load(path)
     text, text_mask = TextEncoder(preset, text_length).encode(texts, progress=progress)
+    text_mask = text_mask & has_title[:, None]  # no title: the text modality is missing
     values = [list(g) + [_decade(int(y))] for g, y in zip(items["genres"], items["year"])]
     if encoding:
         vocabulary, count = encoding["attribute_vocabulary"], encoding["attribute_tokens"]
@@ -186,12 +223,53 @@ def user_context(users: Optional[pd.DataFrame], user_ids: np.ndarray) -> Dict[st
     occupations = sorted(users["occupation"].unique())
     table = users.set_index(F.USER_ID)
     rows = table.reindex(user_ids)
+    age, gender, occupation = CONTEXT_FEATURES
     return {
-        "user_age_bucket": (rows["age"].fillna(-10).to_numpy() // 10).astype(np.int64),
-        "user_gender": rows["gender"].map({"F": 0, "M": 1}).fillna(-1).to_numpy(np.int64),
-        "user_occupation": rows["occupation"].map({o: i for i, o in enumerate(occupations)})
+        age: (rows["age"].fillna(-10).to_numpy() // 10).astype(np.int64),
+        gender: rows["gender"].map({"F": 0, "M": 1}).fillna(-1).to_numpy(np.int64),
+        occupation: rows["occupation"].map({o: i for i, o in enumerate(occupations)})
         .fillna(-1).to_numpy(np.int64),
     }
+
+
+def id_array(values, string: bool) -> np.ndarray:
+    """Ids as one array type: str when the data set's ids are strings, else int64.
+
+    String ids are checked for collisions of their int64 keys (`em3_tf.features.id_keys`,
+    a 64-bit fingerprint: a collision is astronomically rare, and refused, naming the ids).
+    """
+    if not string:
+        return np.asarray(values, np.int64)
+    values = np.asarray(values).astype(str)
+    unique = np.unique(values)
+    keys, first = np.unique(F.keys_of(unique), return_index=True)
+    if len(keys) < len(unique):
+        clash = sorted(set(unique.tolist()) - set(unique[first].tolist()))
+        raise ValueError(f"String ids {clash[:5]} share an int64 key with another id; rename "
+                         f"them.")
+    return values
+
+
+def interaction_columns(tables: Dict[str, pd.DataFrame], label_threshold=4.0):
+    """`(columns, catalog item ids)`: the interactions as the arrays training uses (`user_id`,
+    `item_id`, `timestamp`, `label` and, where the data has one, the integer `rating`; ids of
+    one type, see `id_array`), and the item table's ids of the same type. The behaviour
+    store is filled from the same columns."""
+    log, items = tables["interactions"], tables["items"]
+    labels = (log[F.LABEL].to_numpy(np.int64) if F.LABEL in log.columns
+              else (log[RATING].to_numpy(float) >= label_threshold).astype(np.int64))
+    string = any(F.is_string(t[F.ITEM_ID]) for t in (log, items)) or F.is_string(log[F.USER_ID])
+    ids = {name: id_array(values, string) for name, values in (
+        (F.USER_ID, log[F.USER_ID]), (F.ITEM_ID, log[F.ITEM_ID]), ("catalog", items[F.ITEM_ID]))}
+    unknown = sorted(set(ids[F.ITEM_ID].tolist()) - set(ids["catalog"].tolist()))
+    if unknown:
+        raise ValueError(f"{len(unknown)} item ids of the interactions are not in the item "
+                         f"catalog, e.g. {unknown[:5]}.")
+    columns = {F.USER_ID: ids[F.USER_ID], F.ITEM_ID: ids[F.ITEM_ID],
+               TIMESTAMP: log[TIMESTAMP].to_numpy(np.int64), F.LABEL: labels}
+    if RATING in log.columns:  # integer ratings feed the history's feedback (0: none)
+        columns[RATING] = np.rint(log[RATING].to_numpy(float)).astype(np.int64)
+    return columns, ids["catalog"]
 
 
 def build(tables: Dict[str, pd.DataFrame], protocol="temporal", max_history_len=50,
@@ -199,21 +277,11 @@ def build(tables: Dict[str, pd.DataFrame], protocol="temporal", max_history_len=
           text_preset=None, text_length=24, cache_dir=None, progress=True,
           name="ml-100k") -> RankingData:
     """`RankingData` from loaded tables (see `load_ml100k`, `load_interaction_log`)."""
-    log = tables["interactions"]
-    labels = (log[F.LABEL].to_numpy(np.int64) if F.LABEL in log.columns
-              else (log[RATING].to_numpy(float) >= label_threshold).astype(np.int64))
-    unknown = sorted(set(log[F.ITEM_ID]) - set(tables["items"][F.ITEM_ID]))
-    if unknown:
-        raise ValueError(f"{len(unknown)} item ids of the interactions are not in the item "
-                         f"catalog, e.g. {unknown[:5]}.")
-    columns = {F.USER_ID: log[F.USER_ID].to_numpy(np.int64),
-               F.ITEM_ID: log[F.ITEM_ID].to_numpy(np.int64),
-               TIMESTAMP: log[TIMESTAMP].to_numpy(np.int64), F.LABEL: labels}
-    if RATING in log.columns:  # integer ratings feed the history's feedback (0: none)
-        columns[RATING] = np.rint(log[RATING].to_numpy(float)).astype(np.int64)
+    columns, item_ids = interaction_columns(tables, label_threshold)
+    items = tables["items"].assign(**{F.ITEM_ID: item_ids})
     context = user_context(tables.get("users"), columns[F.USER_ID])
     columns.update(context)
-    catalog = encode_catalog(tables["items"], text_preset, text_length, cache_dir, progress)
+    catalog = encode_catalog(items, text_preset, text_length, cache_dir, progress)
     splits = make_splits(columns, catalog.item_ids, protocol, fractions, cold_fraction, seed,
                          max_history_len)
     return RankingData(name, splits, catalog, tuple(context), protocol)

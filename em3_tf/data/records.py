@@ -15,7 +15,7 @@ training interaction), `is_new_user` (0/1: the user has no training interaction)
 
 import json
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from em3_tf._tf import tf
 from em3_tf.catalog import ItemCatalog
 from em3_tf.data.dataset import RankingData
 from em3_tf.data.splits import IS_COLD, IS_NEW_USER, SPLITS, TIMESTAMP, summarize
+from em3_tf.evaluation import popularity_auc
 
 HISTORY_LENGTH = "history_length"
 USER_ACTIVITY = "user_activity_bucket"
@@ -38,7 +39,8 @@ def split_features(data: RankingData, split: str) -> Dict[str, np.ndarray]:
     out[TIMESTAMP] = part[TIMESTAMP]
     out[IS_COLD] = part[IS_COLD].astype(np.int64)
     out[IS_NEW_USER] = part[IS_NEW_USER].astype(np.int64)
-    out[HISTORY_LENGTH] = (part[F.HISTORY] != F.PAD_ID).sum(axis=1).astype(np.int64)
+    out[HISTORY_LENGTH] = (part[F.HISTORY] != F.padding_of(part[F.HISTORY])).sum(
+        axis=1).astype(np.int64)
     out[USER_ACTIVITY] = np.digitize(out[HISTORY_LENGTH], ACTIVITY_EDGES).astype(np.int64)
     return out
 
@@ -54,32 +56,50 @@ def write_protocol(data: RankingData, out_dir: str) -> str:
             for record in F.to_examples(split_features(data, split)):
                 writer.write(record)
         tf.io.gfile.rename(tmp, path, overwrite=True)
-    with open(os.path.join(base, "metadata.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(base, "metadata.json"), "w") as f:
         json.dump({"name": data.name, "protocol": data.protocol,
                    "context_features": list(data.context_features),
-                   "max_history_len": int(data.splits["train"][F.HISTORY].shape[1])}, f, indent=2)
+                   "max_history_len": int(data.splits["train"][F.HISTORY].shape[1]),
+                   "string_ids": data.string_ids}, f, indent=2)
     return base
 
 
-def write_dataset(datasets, out_dir: str) -> Dict:
-    """Writes the catalog once and every protocol's splits; returns and saves the summary."""
+def write_dataset(datasets, out_dir: str, extra: Optional[Dict] = None) -> Dict:
+    """Writes the catalog once and every protocol's splits; returns and saves the summary
+    (with the entries of `extra`, e.g. the data report)."""
     datasets = list(datasets)
     datasets[0].catalog.save(os.path.join(out_dir, "catalog"))
     summary = {"data": datasets[0].name, "catalog_items": len(datasets[0].catalog),
-               "protocols": {}}
+               "string_ids": datasets[0].string_ids, **(extra or {}), "protocols": {}}
     for data in datasets:
         write_protocol(data, out_dir)
         summary["protocols"][data.protocol] = summarize(data.splits, F.LABEL)
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        train, evaluation = data.splits["train"], data.splits["eval"]
+        summary["protocols"][data.protocol]["popularity_eval_auc"] = round(popularity_auc(
+            train[F.ITEM_ID], train[F.LABEL], evaluation[F.ITEM_ID], evaluation[F.LABEL]), 4)
+    with tf.io.gfile.GFile(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
 
 
+def _dense(value, length: int) -> np.ndarray:
+    """A parsed ragged sequence as a `[n, length]` array padded like the build's (strings
+    decoded to str)."""
+    pad = F.PAD_STRING.encode() if value.dtype == tf.string else F.PAD_ID
+    dense = value.to_tensor(default_value=pad, shape=[None, length]).numpy()
+    return _text(dense) if value.dtype == tf.string else dense
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """UTF-8 bytes (an object array, as TensorFlow returns strings) -> str array."""
+    return np.char.decode(values.astype(np.bytes_), "utf-8")
+
+
 def read_split(out_dir: str, protocol: str, split: str) -> Dict[str, np.ndarray]:
-    """The feature arrays of one written split (history `PAD_ID` padded)."""
-    with open(os.path.join(out_dir, protocol, "metadata.json")) as f:
-        meta = json.load(f)
-    spec = F.example_spec(meta["context_features"], with_label=True)
+    """The feature arrays of one written split (sequences padded, string ids as str)."""
+    meta = read_metadata(out_dir, protocol)
+    spec = F.example_spec(meta["context_features"], with_label=True,
+                          string_ids=meta.get("string_ids", False))
     spec.update({n: tf.io.FixedLenFeature([], tf.int64) for n in ANALYSIS_FEATURES})
     path = os.path.join(out_dir, protocol, split, FILE_NAME)
     ds = tf.data.TFRecordDataset(path, compression_type="GZIP").batch(4096).map(
@@ -87,15 +107,22 @@ def read_split(out_dir: str, protocol: str, split: str) -> Dict[str, np.ndarray]
     columns: Dict[str, list] = {n: [] for n in spec}
     for batch in ds:
         for n, value in batch.items():
-            columns[n].append(F.pad_history(value, meta["max_history_len"]).numpy()
-                              if n in F.SEQUENCES else value.numpy())
+            columns[n].append(_dense(value, meta["max_history_len"]) if n in F.SEQUENCES
+                              else _text(value.numpy()) if value.dtype == tf.string
+                              else value.numpy())
     return {n: np.concatenate(v) for n, v in columns.items()}
+
+
+def read_metadata(out_dir: str, protocol: str) -> Dict:
+    """`<out_dir>/<protocol>/metadata.json`: data name, protocol, context features, maximum
+    history length and whether ids are strings."""
+    with tf.io.gfile.GFile(os.path.join(out_dir, protocol, "metadata.json")) as f:
+        return json.load(f)
 
 
 def load_dataset(out_dir: str, protocol: str) -> RankingData:
     """`RankingData` back from `write_dataset`'s files."""
-    with open(os.path.join(out_dir, protocol, "metadata.json")) as f:
-        meta = json.load(f)
+    meta = read_metadata(out_dir, protocol)
     splits = {}
     for split in SPLITS:
         part = read_split(out_dir, protocol, split)

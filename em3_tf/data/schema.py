@@ -3,7 +3,8 @@
     python -m em3_tf.data.schema           # rewrites schemas/*.pbtxt from this module
 
 Environments: `TRAINING` (every feature) and `SERVING` (no label, no analysis features).
-Ids are non-negative integers (-1 is the history padding and never stored).
+Ids are non-negative integers (-1 is the history padding and never stored), or, for a data
+set with string ids, non-empty strings.
 """
 
 import argparse
@@ -13,6 +14,7 @@ from typing import Dict, Iterable, Tuple
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from em3_tf import features as F
+from em3_tf.data.movielens import CONTEXT_DOMAINS, CONTEXT_FEATURES
 from em3_tf.data.records import ACTIVITY_EDGES, HISTORY_LENGTH, USER_ACTIVITY
 from em3_tf.data.splits import IS_COLD, IS_NEW_USER, TIMESTAMP
 
@@ -20,9 +22,7 @@ SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "schemas")
 # name -> (context features, {feature: (min, max)})
 KNOWN: Dict[str, Tuple[Tuple[str, ...], Dict[str, Tuple[int, int]]]] = {
-    "schema.pbtxt": (("user_age_bucket", "user_gender", "user_occupation"),
-                     {"user_age_bucket": (-1, 12), "user_gender": (-1, 1),
-                      "user_occupation": (-1, 100)}),
+    "schema.pbtxt": (CONTEXT_FEATURES, CONTEXT_DOMAINS),
     "synthetic.pbtxt": ((), {}),
 }
 
@@ -32,14 +32,20 @@ class SchemaError(ValueError):
 
 
 def make_schema(context_features: Iterable[str] = (), domains=None,
-                max_history_len=1000) -> schema_pb2.Schema:
+                max_history_len=1000, string_ids=False) -> schema_pb2.Schema:
+    """The schema of a data set's examples; ids (user, item, history items, context) are
+    BYTES when `string_ids`, else INT with the `domains` `{feature: (min, max)}`."""
     domains = dict(domains or {})
     schema = schema_pb2.Schema()
     schema.default_environment.extend(["TRAINING", "SERVING"])
+    ids = F.id_features(context_features)
 
     def add(name, lo, hi, description, max_values=1, training_only=False):
-        feature = schema.feature.add(name=name, type=schema_pb2.INT)
-        feature.int_domain.min, feature.int_domain.max = lo, hi
+        string = string_ids and name in ids
+        feature = schema.feature.add(name=name, type=schema_pb2.BYTES if string
+                                     else schema_pb2.INT)
+        if not string:
+            feature.int_domain.min, feature.int_domain.max = lo, hi
         feature.presence.min_fraction = 1.0
         feature.presence.min_count = 1
         if max_values > 1:

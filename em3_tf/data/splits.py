@@ -39,7 +39,7 @@ def held_out_items(catalog_item_ids, cold_fraction, seed) -> np.ndarray:
     """A seeded random `cold_fraction` of `catalog_item_ids`, sorted."""
     if not 0.0 < cold_fraction < 1.0:
         raise ValueError(f"`cold_fraction` must be in (0, 1), got {cold_fraction!r}.")
-    ids = np.unique(np.asarray(catalog_item_ids, np.int64))
+    ids = np.unique(np.asarray(catalog_item_ids))
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(ids, size=int(round(cold_fraction * len(ids))), replace=False))
 
@@ -74,34 +74,32 @@ def user_sequences(users, items, timestamps, labels, max_len, ratings=None
                    ) -> Dict[str, np.ndarray]:
     """Each row's behaviour sequences and running statistics (see the module docstring).
 
+    Computed per user by `em3_tf.behaviour_store.history_features`, the function the serving
+    store uses too (it lives there as it must import no TensorFlow), at each row's timestamp.
+
     Returns:
-      `{history_item_ids, history_labels, history_ratings, history_seconds_ago}` int64
-      `[N, max_len]` (`PAD_ID` padded, most recent first) and `{user_prior_count,
-      user_prior_positives}` int64 `[N]`.
+      `{history_item_ids, history_labels, history_ratings, history_seconds_ago}` `[N, max_len]`
+      (most recent first; int64 `PAD_ID` padded, but the history items of string ids, which
+      are `PAD_STRING` padded) and `{user_prior_count, user_prior_positives}` int64 `[N]`.
     """
+    from em3_tf.behaviour_store import history_features
     users, items, timestamps, labels = map(np.asarray, (users, items, timestamps, labels))
     ratings = np.zeros(len(users), np.int64) if ratings is None else np.asarray(ratings)
     n = len(users)
-    out = {name: np.full((n, max_len), F.PAD_ID, np.int64) for name in F.SEQUENCES}
-    count = np.zeros(n, np.int64)
-    positives = np.zeros(n, np.int64)
-    order = np.lexsort((timestamps, users))
-    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    out = {name: np.full((n, max_len), F.PAD_ID, np.int64) for name in F.FEEDBACK_SEQUENCES}
+    out[F.HISTORY] = np.full((n, max_len), F.padding_of(items),
+                             items.dtype if F.is_string(items) else np.int64)
+    out[F.USER_COUNT] = np.zeros(n, np.int64)
+    out[F.USER_POSITIVES] = np.zeros(n, np.int64)
+    order = np.lexsort((timestamps, users))  # stable: ties keep their row order
+    ordered = users[order]
+    bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
     for rows in np.split(order, bounds):
         times = timestamps[rows]
-        # first position of each distinct timestamp: rows before it are strictly earlier
-        first = np.searchsorted(times, times, side="left")
-        cum_pos = np.concatenate([[0], np.cumsum(labels[rows] > 0)])
-        count[rows] = first
-        positives[rows] = cum_pos[first]
-        for k, row in enumerate(rows):
-            earlier = rows[max(0, first[k] - max_len):first[k]][::-1]
-            m = len(earlier)
-            out[F.HISTORY][row, :m] = items[earlier]
-            out[F.HISTORY_LABELS][row, :m] = labels[earlier]
-            out[F.HISTORY_RATINGS][row, :m] = ratings[earlier]
-            out[F.HISTORY_SECONDS][row, :m] = timestamps[row] - timestamps[earlier]
-    out[F.USER_COUNT], out[F.USER_POSITIVES] = count, positives
+        features = history_features(items[rows], labels[rows], ratings[rows], times, times,
+                                    max_len)
+        for name, value in features.items():
+            out[name][rows] = value
     return out
 
 
@@ -126,8 +124,8 @@ def make_splits(columns: Dict[str, np.ndarray], catalog_item_ids, protocol="temp
         if name not in columns:
             raise ValueError(f"Interaction column '{name}' is missing.")
     held_out = (held_out_items(catalog_item_ids, cold_fraction, seed) if protocol == "item_cold"
-                else np.zeros([0], np.int64))
-    items = np.asarray(columns[F.ITEM_ID], np.int64)
+                else [])
+    items = np.asarray(columns[F.ITEM_ID])
     split = assign_splits(columns[TIMESTAMP], items, held_out, fractions)
     kept = np.flatnonzero(split != DROPPED)
     columns = {key: np.asarray(value)[kept] for key, value in columns.items()}
@@ -161,7 +159,8 @@ def summarize(splits: Dict[str, Dict[str, np.ndarray]], label: str) -> Dict[str,
             "cold_items": int(len(np.unique(part[F.ITEM_ID][cold]))),
             "cold_item_rows": int(cold.sum()),
             "new_user_rows": int(part[IS_NEW_USER].sum()),
-            "rows_with_empty_history": int((part[F.HISTORY][:, 0] == F.PAD_ID).sum()),
+            "rows_with_empty_history": int(
+                (part[F.HISTORY][:, 0] == F.padding_of(part[F.HISTORY])).sum()),
             "first_timestamp": int(part[TIMESTAMP].min()) if len(cold) else None,
             "last_timestamp": int(part[TIMESTAMP].max()) if len(cold) else None,
         }

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from em3_tf import features as F
 from em3_tf._tf import keras, tf
 from em3_tf.catalog import ItemCatalog
 from em3_tf.layers.qformer import FusionQFormer
@@ -51,12 +52,12 @@ class ItemContentEncoder(keras.layers.Layer):
         self.kind = kind
         self.output_dim = int(output_dim)
         self.num_rows = len(catalog) + 1
-        self.catalog_item_ids = np.asarray(catalog.item_ids, np.int64)  # row k + 1 <-> id k
+        self.catalog_item_ids = F.keys_of(catalog.item_ids)  # row k + 1 <-> id k, as keys
         self.catalog_encoding = dict(catalog.encoding)
         self.token_shapes = {name: tuple(int(d) for d in t.shape[1:])  # raw, before reduction
                              for name, t in catalog.tokens.items()}
         self.lookup = keras.layers.IntegerLookup(
-            vocabulary=catalog.item_ids, num_oov_indices=1, mask_token=None,
+            vocabulary=self.catalog_item_ids, num_oov_indices=1, mask_token=None,
             name="catalog_row")
         self.reduction = None
         tokens, masks = catalog.tokens, catalog.masks
@@ -88,7 +89,8 @@ class ItemContentEncoder(keras.layers.Layer):
                 self.mlp = keras.layers.Dense(output_dim, name="frozen_content_projection")
 
     def rows_of(self, item_ids):
-        """Catalog rows (int32) of `item_ids` of any shape; 0 for ids not in the catalog."""
+        """Catalog rows (int32) of `item_ids` (keys, see `em3_tf.features.id_keys`) of any
+        shape; 0 for ids not in the catalog."""
         return tf.cast(self.lookup(item_ids), tf.int32)
 
     def call(self, rows, training=None, adapter=False):

@@ -46,10 +46,14 @@ class TargetAttention(keras.layers.Layer):
         self.scorer.build([None, None, 4 * int(input_shape[-1])])
         super().build(input_shape)
 
-    def call(self, target, history, mask, history_index=None):
+    def scores(self, target, history, mask, history_index=None):
+        """`(scores [B, L], history [B, L, D], mask [B, L])`: each entry's attention logit
+        (masked entries at the dtype's minimum), with `history` and `mask` per target."""
         if target.shape.rank != 2 or history.shape.rank != 3 or mask.shape.rank != 2:
             raise ValueError(f"TargetAttention expects target [B, D], history [B, L, D], mask "
                              f"[B, L]; got {target.shape}, {history.shape}, {mask.shape}.")
+        if not self.built:  # `scores` may be called before the layer is
+            self.build(target.shape)
         history = tf.cast(history, target.dtype)  # Keras autocasts only the first argument
         first, rest = self.scorer.layers[0], self.scorer.layers[1:]
         w_t, w_h, w_d, w_p = tf.split(tf.cast(first.kernel, history.dtype), 4, axis=0)
@@ -63,8 +67,10 @@ class TargetAttention(keras.layers.Layer):
         scores = first.activation(hidden)
         for layer in rest:
             scores = layer(scores)
-        scores = scores[..., 0]
-        scores = tf.where(mask, scores, scores.dtype.min)
+        return tf.where(mask, scores[..., 0], scores.dtype.min), history, mask
+
+    def call(self, target, history, mask, history_index=None):
+        scores, history, mask = self.scores(target, history, mask, history_index)
         weights = tf.nn.softmax(scores, axis=-1) * tf.cast(mask, scores.dtype)
         return tf.einsum("bl,bld->bd", weights, history)
 

@@ -8,10 +8,13 @@ from em3_tf import features as F
 from em3_tf._tf import float32_policy, keras, tf, tfrs
 from em3_tf.catalog import ItemCatalog
 from em3_tf.config import EM3Config
+from em3_tf.layers.codebook_retrieval import CodebookRetrieval, RefitCodebooks
 from em3_tf.layers.content_encoder import ItemContentEncoder
 from em3_tf.layers.content_table import ContentTable
 from em3_tf.layers.feedback import FeedbackEmbedding, user_statistics
+from em3_tf.layers.semantic_ids import SemanticIds
 from em3_tf.layers.target_attention import TargetAttention
+from em3_tf.quantization.alignment import item_codes
 from em3_tf.tasks.cic import ContentIdContrastive
 
 
@@ -27,7 +30,7 @@ class _IdEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_oov_buckets, self.id_dropout = int(num_oov_buckets), float(id_dropout)
         self.lookup = keras.layers.IntegerLookup(
-            vocabulary=np.asarray(vocabulary, np.int64), num_oov_indices=num_oov_buckets,
+            vocabulary=F.keys_of(vocabulary), num_oov_indices=num_oov_buckets,
             mask_token=None)
         self.embedding = keras.layers.Embedding(len(vocabulary) + num_oov_buckets, dim)
 
@@ -62,12 +65,16 @@ class EM3Ranker(tfrs.Model):
 
     Args:
       config: `EM3Config`.
-      vocabularies: `{feature: 1-D int array}` of known ids for `user_id`, `item_id` and each
-        context feature (usually the ids seen in training).
-      catalog: `ItemCatalog`; required when `config.content_encoder != "none"`.
+      vocabularies: `{feature: 1-D array}` of known ids (int64, or str for a data set with
+        string ids) for `user_id`, `item_id` and each context feature (usually the ids seen in
+        training).
+      catalog: `ItemCatalog`; required with item content or semantic ids.
+      semantic_codes: int `[N, semantic_id_levels]` RQ codes of the catalog's items (see
+        `em3_tf.quantization.alignment.item_codes`); required for the co-engagement-aligned
+        source (`build_ranker` computes them), computed here for `"content"`.
 
     Inputs: a dict of raw features (see `em3_tf.features`): `user_id [B]`, `item_id [B]`,
-    `history_item_ids [B, L]` (`-1` padded, most recent first), with `use_feedback` also the
+    `history_item_ids [B, L]` (`-1` or `""` padded, most recent first), with `use_feedback` also the
     aligned `history_labels`, `history_ratings`, `history_seconds_ago [B, L]` and
     `user_prior_count`, `user_prior_positives [B]`; context features `[B]`, and `label [B]`
     for training. `call` returns click probabilities `[B]`.
@@ -79,28 +86,41 @@ class EM3Ranker(tfrs.Model):
     """
 
     def __init__(self, config: EM3Config, vocabularies: Dict[str, np.ndarray],
-                 catalog: Optional[ItemCatalog] = None, **kwargs):
+                 catalog: Optional[ItemCatalog] = None, semantic_codes=None, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         needed = F.scalar_features(config.context_features)
         missing = [n for n in needed if n not in vocabularies or len(vocabularies[n]) == 0]
         if missing:
             raise ValueError(f"`vocabularies` lacks a non-empty vocabulary for {missing}.")
-        if config.uses_content and catalog is None:
-            raise ValueError(f"`content_encoder='{config.content_encoder}'` needs a `catalog`.")
+        if (config.uses_content or config.semantic_id_levels) and catalog is None:
+            raise ValueError("Item content and semantic ids need a `catalog`.")
         dim, oov = config.id_embedding_dim, config.num_oov_buckets
         self.id_embeddings = {
             name: _IdEmbedding(vocabularies[name], dim, oov,
                                config.id_dropout if name in (F.USER_ID, F.ITEM_ID) else 0.0,
                                name=f"{name}_emb")
-            for name in needed}
-        self.item_vocabulary = tf.constant(np.asarray(vocabularies[F.ITEM_ID], np.int64))
+            for name in needed if name != F.ITEM_ID or config.use_item_id}
+        self.item_vocabulary = tf.constant(F.keys_of(vocabularies[F.ITEM_ID]))
+        self.string_ids = F.is_string(vocabularies[F.ITEM_ID])  # what the signatures parse
         if config.use_id_sequence:
             self.id_attention = TargetAttention(name="id_sequence_attention")
             if config.use_feedback:
                 self.id_feedback = FeedbackEmbedding(dim, config.max_rating,
                                                      name="id_sequence_feedback")
-        self.content = None
+        self.semantic_ids = None
+        if config.semantic_id_levels:
+            if semantic_codes is None and config.semantic_id_source == "aligned":
+                raise ValueError("`semantic_id_source='aligned'` needs `semantic_codes` (from "
+                                 "the training interactions: `em3_tf.quantization.alignment."
+                                 "item_codes`; `build_ranker` computes them).")
+            if semantic_codes is None:
+                semantic_codes = item_codes(catalog, config.semantic_id_levels,
+                                            config.semantic_id_codebook, "content")
+            self.semantic_ids = SemanticIds(F.keys_of(catalog.item_ids), semantic_codes,
+                                            config.semantic_id_codebook, dim,
+                                            name="semantic_ids")
+        self.content = self.retrieval = None
         self.content_table: Optional[ContentTable] = None  # made by `attach_content_table`
         if config.uses_content:
             self.content = ItemContentEncoder(
@@ -117,6 +137,10 @@ class EM3Ranker(tfrs.Model):
                 if config.use_feedback:
                     self.content_feedback = FeedbackEmbedding(
                         config.content_dim, config.max_rating, name="content_interest_feedback")
+            if config.history_retrieval_k:
+                self.retrieval = CodebookRetrieval(
+                    self.content.num_rows, config.content_dim, config.history_retrieval_k,
+                    config.pq_subspaces, config.pq_centroids, name="codebook_retrieval")
             if config.history_content == "cache":
                 self.content_cache = tf.Variable(
                     tf.zeros([self.content.num_rows, config.content_dim]), trainable=False,
@@ -144,7 +168,7 @@ class EM3Ranker(tfrs.Model):
     def _inputs(self, features, with_label=False):
         return F.check_features(features, self.config.context_features, with_label,
                                 self.config.max_history_len, self.config.dense_features,
-                                feedback=self.config.use_feedback)
+                                feedback=self.config.use_feedback, string_ids=self.string_ids)
 
     def _with_feedback(self, layer_name, history, inputs):
         """`history [B, L, D]` plus the entries' feedback embeddings when `use_feedback`."""
@@ -198,7 +222,9 @@ class EM3Ranker(tfrs.Model):
             tower.append(per_candidate(user_statistics(
                 inputs[F.USER_COUNT], inputs[F.USER_POSITIVES],
                 self.config.feedback_prior_rate, self.config.feedback_prior_count)))
-        item_emb = embedded[F.ITEM_ID]
+        item_emb = embedded.get(F.ITEM_ID)
+        if self.semantic_ids is not None:
+            tower.extend(self.semantic_ids(inputs[F.ITEM_ID], history, mask, user_index))
         if self.config.use_id_sequence:
             history_ids = self.id_embeddings[F.ITEM_ID](history, training=training)
             history_ids = self._with_feedback("id_feedback", history_ids, inputs)
@@ -207,7 +233,10 @@ class EM3Ranker(tfrs.Model):
         if self.content is not None:
             content = self._content_of(inputs[F.ITEM_ID], "target", table, training)
             tower.append(content)
-            if self.config.history_content != "none":
+            if self.config.history_content != "none" and self.retrieval is not None:
+                tower.append(self._retrieved_interest(content, inputs, table, training,
+                                                      per_candidate))
+            elif self.config.history_content != "none":
                 history_content = self._with_feedback(
                     "content_feedback", self._content_of(history, "history", table, training),
                     inputs)
@@ -219,6 +248,29 @@ class EM3Ranker(tfrs.Model):
             x = cross(x0, x)
         logits = tf.cast(self.logit(self.mlp(x, training=training))[:, 0], tf.float32)
         return logits, {"content": content, "item_embedding": item_emb}
+
+    def _retrieved_interest(self, content, inputs, table, training, per_candidate):
+        """The content attention over the `history_retrieval_k` history items that codebook
+        retrieval finds most relevant to each target (per candidate: relevance depends on
+        the target)."""
+        history = per_candidate(inputs[F.HISTORY])
+        mask = tf.not_equal(history, F.PAD_ID)
+        positions, _ = self.retrieval(content, self.content.rows_of(history), mask)
+        kept = {name: tf.gather(per_candidate(inputs[name]), positions, batch_dims=1)
+                for name in F.SEQUENCES if name in inputs}
+        history_content = self._with_feedback(
+            "content_feedback", self._content_of(kept[F.HISTORY], "history", table, training),
+            kept)
+        return self.content_attention(content, history_content,
+                                      tf.not_equal(kept[F.HISTORY], F.PAD_ID))
+
+    def refit_codebooks(self, batch_size=1024):
+        """Refits the retrieval's PQ codebooks on every catalog item's current history-branch
+        content embedding (`history_retrieval_k`)."""
+        if self.retrieval is None:
+            raise ValueError("refit_codebooks needs `history_retrieval_k` >= 1.")
+        adapter = self.config.history_content == "lora"
+        self.retrieval.fit(self.content.encode_all(batch_size, adapter=adapter))
 
     def call(self, features, training=False):
         logits, _ = self._forward(self._inputs(features), training)
@@ -234,6 +286,21 @@ class EM3Ranker(tfrs.Model):
         logits, _ = self._forward(self._inputs(features), False, self.content_table,
                                   user_index)
         return tf.sigmoid(logits)
+
+    def in_catalog(self, item_ids) -> tf.Tensor:
+        """Whether the model knows each item (bool, `item_ids`' shape; ids raw or keys): a
+        row of the content table (or catalog), or, for an ID-only model, a training id. An
+        unknown item is still scored, as the OOV item; the signatures report it beside the
+        score so that a caller can warn or refuse."""
+        keys = F.id_keys(item_ids)
+        if self.content_table is not None:
+            return self.content_table.rows_of(keys) > 0
+        if self.content is not None:
+            return self.content.rows_of(keys) > 0
+        if not self.config.use_item_id:
+            return self.semantic_ids.lookup(keys) > 0
+        embedding = self.id_embeddings[F.ITEM_ID]
+        return embedding.lookup(keys) >= embedding.num_oov_buckets
 
     def encode_items(self, tokens, masks) -> Dict[str, tf.Tensor]:
         """`{"target", "history"}` content embeddings `[n, content_dim]` of items given by
@@ -336,6 +403,8 @@ class EM3Ranker(tfrs.Model):
         """
         if self.config.history_content == "cache":
             self.refresh_content_cache()
+        if self.retrieval is not None:
+            self.refit_codebooks()
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, with `RefreshContentCache` added (last) for a cached history."""
@@ -343,6 +412,9 @@ class EM3Ranker(tfrs.Model):
         if self.config.history_content == "cache" and not any(
                 isinstance(c, RefreshContentCache) for c in callbacks):
             callbacks.append(RefreshContentCache())
+        if self.retrieval is not None and not any(
+                isinstance(c, RefitCodebooks) for c in callbacks):
+            callbacks.insert(0, RefitCodebooks(self.config.pq_refit_epochs))
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def evaluate(self, *args, **kwargs):  # also runs fit's validation
