@@ -12,6 +12,11 @@
    resident memory growth, and trainable parameters. Each case runs in its own process so that
    peak memory is its own. History items are NOT de-duplicated here (`dedupe_history=False`),
    as in a production catalog where the items of a batch's histories rarely repeat.
+3. Long histories (SEMINAR's codebook retrieval, `em3_pq`): the exact LoRA branch over all L
+   history items vs PQ retrieval of the top 50 then the LoRA branch over those 50, for
+   L = 200, 1000 and 5000: median step time, peak memory growth, and recall@50 of the
+   retrieved items against the exact top 50 of the content attention's scores and of the
+   content inner products (on the model as built: its attention MLP is untrained).
 """
 
 import argparse
@@ -27,6 +32,9 @@ from benchmarks import machine
 
 HISTORY_LENGTHS = (50, 200, 1000, 2000)
 MODES = ("lora", "full", "cache")
+RETRIEVAL_LENGTHS = (200, 1000, 5000)
+RETRIEVAL_MODES = ("lora", "pq")  # "pq": codebook retrieval of 50, then the LoRA branch
+RETRIEVAL_K = 50
 
 
 def _rss_mb():
@@ -88,8 +96,10 @@ def history_branch(mode, length, steps, batch_size=16):
     catalog, _ = make_catalog(5000, 16, seed=0)
     vocab = {F.USER_ID: np.arange(1, 11), F.ITEM_ID: catalog.item_ids}
     tf.keras.utils.set_random_seed(0)
-    config = EM3Config.preset("em3_full_cost", history_content=mode, max_history_len=length,
-                              dedupe_history=False)  # LoRA in every Q-Former projection
+    retrieval = dict(history_retrieval_k=RETRIEVAL_K, use_feedback=False) if mode == "pq" else {}
+    config = EM3Config.preset("em3_full_cost", history_content="lora" if mode == "pq" else mode,
+                              max_history_len=length, dedupe_history=False,  # LoRA everywhere
+                              **retrieval)
     model = EM3Ranker(config, vocab, catalog)
     rng = np.random.default_rng(0)
     history = tf.constant(rng.choice(catalog.item_ids, size=[batch_size, length]))
@@ -99,9 +109,22 @@ def history_branch(mode, length, steps, batch_size=16):
     model.content(model.content.rows_of(target))
     if mode == "cache":
         model.refresh_content_cache()
+    recall = {}
+    if mode == "pq":
+        model.refit_codebooks()
+        query = model.content(model.content.rows_of(target))
+        positions, _ = model.retrieval(query, model.content.rows_of(history), mask)
+        full = model._history_content(history, False)
+        exact, _, _ = model.content_attention.scores(query, full, mask)
+        inner = tf.einsum("bd,bld->bl", query, full)
+        recall = {f"recall_at_{RETRIEVAL_K}_vs_attention": _recall(positions, exact),
+                  f"recall_at_{RETRIEVAL_K}_vs_inner_product": _recall(positions, inner)}
 
     def branch():
         query = tf.stop_gradient(model.content(model.content.rows_of(target)))
+        if mode == "pq":
+            return model._retrieved_interest(query, {F.HISTORY: history}, None, True,
+                                             lambda x: x)
         return model.content_attention(query, model._history_content(history, True), mask)
 
     branch()
@@ -131,7 +154,15 @@ def history_branch(mode, length, steps, batch_size=16):
     return {"mode": mode, "history_length": length, "batch_size": batch_size,
             "step_ms_median": round(1000 * statistics.median(times), 1),
             "peak_rss_growth_mb": round(peak - base, 1),
-            "trainable_params_reached": trained}
+            "trainable_params_reached": trained, **recall}
+
+
+def _recall(positions, scores) -> float:
+    """Share of the exact top-`RETRIEVAL_K` positions of `scores` [B, L] in `positions`."""
+    from em3_tf._tf import tf
+    exact = tf.math.top_k(scores, RETRIEVAL_K).indices.numpy()
+    return round(float(sum(len(set(a) & set(e)) for a, e in zip(positions.numpy(), exact))
+                       / exact.size), 4)
 
 
 def _child(kind, args):
@@ -148,6 +179,8 @@ def main(argv=None):
     parser.add_argument("--data", default="artifacts/ml-100k")
     parser.add_argument("--out", default="benchmarks/results/model.json")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["throughput", "history", "retrieval"],
+                        help="run one part and update only its entry in --out")
     args = parser.parse_args(argv)
     if args.child:
         kind, *rest = args.child
@@ -160,17 +193,28 @@ def main(argv=None):
         build.main(["--out", args.data])
     steps = 5 if args.quick else 100
     results = {"machine": machine(), "data": "MovieLens-100K, temporal train split",
-               "throughput": [], "history_branch": []}
-    for index, (label, _, _) in enumerate(THROUGHPUT_VARIANTS):
-        print(f"throughput: {label} ...", flush=True)
-        results["throughput"].append(_child("throughput", [args.data, index, steps]))
-        print(f"   {results['throughput'][-1]['examples_per_second']} examples/s", flush=True)
-    for length in HISTORY_LENGTHS:
-        for mode in MODES:
-            print(f"history branch {mode} L={length} ...", flush=True)
-            results["history_branch"].append(
-                _child("history", [mode, length, 3 if args.quick else 10]))
-            print("  ", results["history_branch"][-1], flush=True)
+               "throughput": [], "history_branch": [], "retrieval": []}
+    if args.only and os.path.exists(args.out):
+        with open(args.out) as f:
+            results = {**results, **json.load(f), "machine": machine()}
+    if args.only in (None, "throughput"):
+        results["throughput"] = []
+        for index, (label, _, _) in enumerate(THROUGHPUT_VARIANTS):
+            print(f"throughput: {label} ...", flush=True)
+            results["throughput"].append(_child("throughput", [args.data, index, steps]))
+            print(f"   {results['throughput'][-1]['examples_per_second']} examples/s",
+                  flush=True)
+    for part, lengths, modes in (("history", HISTORY_LENGTHS, MODES),
+                                 ("retrieval", RETRIEVAL_LENGTHS, RETRIEVAL_MODES)):
+        if args.only not in (None, part):
+            continue
+        key = "history_branch" if part == "history" else "retrieval"
+        results[key] = []
+        for length in lengths:
+            for mode in modes:
+                print(f"{part} {mode} L={length} ...", flush=True)
+                results[key].append(_child("history", [mode, length, 3 if args.quick else 10]))
+                print("  ", results[key][-1], flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

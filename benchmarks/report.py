@@ -81,8 +81,8 @@ def quality_markdown(result) -> str:
 
 
 def model_markdown(results) -> str:
-    reference = next(r["examples_per_second"] for r in results["throughput"]
-                     if r["preset"] == "id_dcn" and not r.get("overrides"))
+    reference = next((r["examples_per_second"] for r in results["throughput"]
+                      if r["preset"] == "id_dcn" and not r.get("overrides")), float("nan"))
     lines = [f"Machine: {results['machine']}; data: {results.get('data', 'SYNTHETIC')}", "",
              "| model | training examples/s (batch 256, history 50) | vs ID-only DCN |",
              "|---|---|---|"]
@@ -95,6 +95,18 @@ def model_markdown(results) -> str:
     lines += [f"| {r['history_length']} | {r['mode']} | {r['step_ms_median']} | "
               f"{r['peak_rss_growth_mb']} | {r['trainable_params_reached']} |"
               for r in results["history_branch"]]
+    if results.get("retrieval"):
+        lines += ["", "Long histories: the exact LoRA branch over all L items vs codebook "
+                      "retrieval of 50 then the LoRA branch (batch 16, forward + backward + "
+                      "Adam; recall@50 of the retrieved items on the model as built):", "",
+                  "| history length | branch | step ms (median) | peak RSS growth MB | "
+                  "recall@50 vs attention top-50 | recall@50 vs inner-product top-50 |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['history_length']} | {'PQ top-50 + LoRA' if r['mode'] == 'pq' else 'exact LoRA'}"
+                  f" | {r['step_ms_median']} | {r['peak_rss_growth_mb']} | "
+                  f"{r.get('recall_at_50_vs_attention', '')} | "
+                  f"{r.get('recall_at_50_vs_inner_product', '')} |"
+                  for r in results["retrieval"]]
     return "\n".join(lines)
 
 
