@@ -12,7 +12,9 @@ changes two things, to show what the levers cost in quality. Beyond EM3 (QARM): 
 EM3 plus semantic-id features (3 levels of RQ-KMeans codes of the co-engagement-aligned
 content, `em3_tf.layers.semantic_ids`); `sid_dcn` is the ID-only DCN with the codes in place of
 the item id. `em3_pq` (SEMINAR) runs the LoRA history branch over the 50 history items that
-product-quantized content retrieves (`em3_tf.layers.codebook_retrieval`), for long histories.
+product-quantized attention keys retrieve (`em3_tf.layers.codebook_retrieval`), for long
+histories; it changes two things, since its content attention must score with the dot
+product that the retrieval estimates (`bench_long_history` separates the two).
 
 | preset                  | item content encoder          | history content              | CIC | ID seq. | feedback |
 |-------------------------|-------------------------------|------------------------------|-----|---------|----------|
@@ -28,7 +30,7 @@ product-quantized content retrieves (`em3_tf.layers.codebook_retrieval`), for lo
 | `em3_no_feedback`       | Fusion-Q-Former               | Q-Former + LoRA on its output| yes | yes     | no       |
 | `em3_cached`            | Fusion-Q-Former               | frozen cache, per epoch      | yes | yes     | yes      |
 | `em3_sid`               | Fusion-Q-Former               | Q-Former + LoRA on its output| yes | yes     | yes      |
-| `em3_pq`                | Fusion-Q-Former               | LoRA over the top-50 by PQ   | yes | yes     | yes      |
+| `em3_pq`                | Fusion-Q-Former               | LoRA over the top-50 by PQ, dot attention | yes | yes | yes |
 | `sid_dcn`               | none                          | none                         | no  | no      | yes      |
 """
 
@@ -45,6 +47,7 @@ SOURCES = ("content", "aligned")  # what semantic ids quantize (em3_tf.quantizat
 MAX_LEVELS = 8  # semantic-id code levels
 HISTORY_MODES = ("none", "lora", "full", "cache")
 ATTENTION_MODES = ("joint", "cross")
+SCORERS = ("mlp", "dot")  # target-attention scorers (em3_tf.layers.target_attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,16 @@ class EM3Config:
       context_features: names of extra categorical features with ID embeddings.
       dense_features: names of float features `[B]` fed to the tower as they are (e.g. the
         TFX Transform's normalised `history_length_z`).
+      semantic_id_levels, semantic_id_codebook, semantic_id_source: QARM codes as features:
+        levels of RQ-KMeans codes (0: none), centroids per level, and what is quantized
+        (`"content"` features, or `"aligned"`: trained on co-engagement pairs).
+      use_item_id: read the item id embedding (False: the codes stand in for it).
+      history_retrieval_k: SEMINAR retrieval: the content attention runs over the K history
+        items whose PQ-estimated attention logits are highest (0: over the whole history).
+      pq_subspaces, pq_centroids, pq_refit_epochs: the retrieval's product quantizer (M
+        sub-spaces x C centroids of the attention keys) and how often, in epochs, it is refit.
+      content_attention: scorer of the content attention, `"mlp"` (DIN) or `"dot"` (scaled
+        dot product; the one retrieval needs, since PQ estimates inner products).
     """
 
     content_encoder: str = "qformer"
@@ -141,9 +154,10 @@ class EM3Config:
     semantic_id_source: str = "aligned"
     use_item_id: bool = True
     history_retrieval_k: int = 0
-    pq_subspaces: int = 8
-    pq_centroids: int = 64
+    pq_subspaces: int = 16
+    pq_centroids: int = 256
     pq_refit_epochs: int = 1
+    content_attention: str = "mlp"
 
     def __post_init__(self):
         _one_of("content_encoder", self.content_encoder, CONTENT_ENCODERS)
@@ -151,6 +165,7 @@ class EM3Config:
         _one_of("attention", self.attention, ATTENTION_MODES)
         _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _one_of("lora_scope", self.lora_scope, LORA_SCOPES)
+        _one_of("content_attention", self.content_attention, SCORERS)
         for name in ("num_queries", "num_layers", "width", "num_heads", "content_dim",
                      "lora_rank", "id_embedding_dim", "num_oov_buckets", "max_history_len"):
             if int(getattr(self, name)) < 1:
@@ -201,6 +216,11 @@ class EM3Config:
             if self.history_content not in ("lora", "full"):
                 raise ValueError("`history_retrieval_k` needs a live history content branch "
                                  f"('lora' or 'full'), got {self.history_content!r}.")
+            if self.content_attention != "dot":
+                raise ValueError("`history_retrieval_k` needs `content_attention='dot'`: "
+                                 "retrieval ranks history items by PQ estimates of the "
+                                 "attention's logits, which only the dot scorer has (got "
+                                 f"{self.content_attention!r}).")
             if self.content_dim % self.pq_subspaces or self.pq_refit_epochs < 1:
                 raise ValueError(f"`content_dim` ({self.content_dim}) must be divisible by "
                                  f"`pq_subspaces` ({self.pq_subspaces}), and "
@@ -266,7 +286,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "em3_no_feedback": dict(_LEAN, use_feedback=False),
     "em3_cached": dict(_LEAN, history_content="cache", lora_scope="all"),
     "em3_sid": dict(_LEAN, semantic_id_levels=3),
-    "em3_pq": dict(_LEAN, history_retrieval_k=50),
+    "em3_pq": dict(_LEAN, history_retrieval_k=50, content_attention="dot"),
     "sid_dcn": dict(content_encoder="none", history_content="none", cic_weight=0.0,
                     use_id_sequence=False, semantic_id_levels=3, use_item_id=False),
 }

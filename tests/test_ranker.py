@@ -11,8 +11,9 @@ from em3_tf.training import build_ranker, train_and_evaluate
 
 def _model(data, preset="em3", **overrides):
     tf.keras.utils.set_random_seed(0)
-    if PRESETS[preset].get("history_retrieval_k"):  # K must fit in the short test histories
+    if PRESETS[preset].get("history_retrieval_k"):  # K and C must fit the small test data
         overrides.setdefault("history_retrieval_k", 5)
+        overrides.setdefault("pq_centroids", 16)
     config = EM3Config.preset(preset, max_history_len=10, width=16, num_heads=2, **overrides)
     return build_ranker(config, data)
 
@@ -280,14 +281,16 @@ def test_em3_beats_id_only_on_cold_items(cold_start_data):
     assert em3["cold_auc"] > ids["cold_auc"] + 0.05
 
 
-def test_mixed_precision_training_updates_weights(small_data):
-    """EM3 trains under mixed_float16 (the pipeline's --mixed-precision): losses stay float32,
-    the loss is finite and the weights move (after the dynamic loss scale has settled: steps
-    whose scaled gradients overflow are skipped)."""
+@pytest.mark.parametrize("preset", ["em3", "em3_pq"])
+def test_mixed_precision_training_updates_weights(small_data, preset):
+    """EM3 (and EM3 with codebook retrieval, whose PQ scores stay float32) trains under
+    mixed_float16 (the pipeline's --mixed-precision): losses stay float32, the loss is finite
+    and the weights move (after the dynamic loss scale has settled: steps whose scaled
+    gradients overflow are skipped)."""
     policy = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = _model(small_data, "em3")
+        model = _model(small_data, preset)
         model.compile(optimizer=tf.keras.optimizers.SGD(0.05))
         assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         model(first_rows(small_data, "train", 4))

@@ -1,4 +1,5 @@
-"""`TargetAttention`: the factored first layer equals DIN's concatenated form."""
+"""`TargetAttention`: the factored first layer equals DIN's concatenated form; the dot scorer
+equals its formula."""
 
 import numpy as np
 import pytest
@@ -25,11 +26,35 @@ def test_factored_scores_equal_the_concatenated_din_formula():
                                atol=1e-5)
 
 
-def test_shared_histories_by_index_equal_the_gathered_ones():
+def test_dot_scores_equal_the_scaled_dot_product_formula():
+    """`scorer="dot"`: logits `(t W_q / sqrt(d_k)) . (h W_k)`, masked softmax, weighted sum;
+    and the layer comes back from its config with the same scorer."""
+    tf.keras.utils.set_random_seed(2)
+    layer = TargetAttention(scorer="dot", key_dim=4)
+    rng = np.random.default_rng(2)
+    target = tf.constant(rng.normal(size=[3, 5]), tf.float32)
+    history = tf.constant(rng.normal(size=[3, 6, 5]), tf.float32)
+    mask = tf.constant(rng.random([3, 6]) < 0.7)
+    pooled = layer(target, history, mask).numpy()
+    w_q, w_k = layer.query_kernel.numpy(), layer.key_kernel.numpy()
+    logits = np.einsum("bk,blk->bl", target.numpy() @ w_q / 2.0, history.numpy() @ w_k)
+    scores, _, _ = layer.scores(target, history, mask)
+    np.testing.assert_allclose(scores.numpy()[mask.numpy()], logits[mask.numpy()], atol=1e-5)
+    logits = np.where(mask.numpy(), logits, -np.inf)
+    weights = np.exp(logits - logits.max(1, keepdims=True))
+    weights = np.nan_to_num(weights / weights.sum(1, keepdims=True))
+    np.testing.assert_allclose(pooled, np.einsum("bl,bld->bd", weights, history.numpy()),
+                               atol=1e-5)
+    clone = TargetAttention.from_config(layer.get_config())
+    assert (clone.scorer_kind, clone.key_dim) == ("dot", 4)
+
+
+@pytest.mark.parametrize("scorer", ["mlp", "dot"])
+def test_shared_histories_by_index_equal_the_gathered_ones(scorer):
     """`history_index`: U users' histories for B targets give what the gathered [B, L, D]
     histories give."""
     tf.keras.utils.set_random_seed(1)
-    layer = TargetAttention()
+    layer = TargetAttention(scorer=scorer)
     rng = np.random.default_rng(1)
     target = tf.constant(rng.normal(size=[5, 4]), tf.float32)
     history = tf.constant(rng.normal(size=[2, 3, 4]), tf.float32)
@@ -48,3 +73,9 @@ def test_no_valid_history_gives_zeros_and_bad_shapes_are_named():
         layer(tf.ones([2, 4]), tf.ones([2, 4]), tf.zeros([2, 3], tf.bool))
     with pytest.raises(ValueError, match="hidden_units"):
         TargetAttention(hidden_units=())
+    with pytest.raises(ValueError, match="`scorer` must be one of"):
+        TargetAttention(scorer="cosine")
+    with pytest.raises(ValueError, match="`key_dim` must be >= 1"):
+        TargetAttention(scorer="dot", key_dim=0)
+    with pytest.raises(ValueError, match="scorer='dot'"):
+        TargetAttention().keys(tf.ones([2, 4]))

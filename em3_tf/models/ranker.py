@@ -133,14 +133,16 @@ class EM3Ranker(tfrs.Model):
                     lora_alpha=config.lora_alpha, lora_scope=config.lora_scope),
                 token_dim=config.token_dim, max_tokens=config.max_tokens, name="item_content")
             if config.history_content != "none":
-                self.content_attention = TargetAttention(name="content_interest_attention")
+                self.content_attention = TargetAttention(scorer=config.content_attention,
+                                                         name="content_interest_attention")
                 if config.use_feedback:
                     self.content_feedback = FeedbackEmbedding(
                         config.content_dim, config.max_rating, name="content_interest_feedback")
             if config.history_retrieval_k:
-                self.retrieval = CodebookRetrieval(
-                    self.content.num_rows, config.content_dim, config.history_retrieval_k,
-                    config.pq_subspaces, config.pq_centroids, name="codebook_retrieval")
+                with float32_policy():  # PQ tables and scores in float32 under mixed precision
+                    self.retrieval = CodebookRetrieval(
+                        self.content.num_rows, config.content_dim, config.history_retrieval_k,
+                        config.pq_subspaces, config.pq_centroids, name="codebook_retrieval")
             if config.history_content == "cache":
                 self.content_cache = tf.Variable(
                     tf.zeros([self.content.num_rows, config.content_dim]), trainable=False,
@@ -253,24 +255,53 @@ class EM3Ranker(tfrs.Model):
         """The content attention over the `history_retrieval_k` history items that codebook
         retrieval finds most relevant to each target (per candidate: relevance depends on
         the target)."""
-        history = per_candidate(inputs[F.HISTORY])
-        mask = tf.not_equal(history, F.PAD_ID)
-        positions, _ = self.retrieval(content, self.content.rows_of(history), mask)
-        kept = {name: tf.gather(per_candidate(inputs[name]), positions, batch_dims=1)
-                for name in F.SEQUENCES if name in inputs}
+        sequences = {name: per_candidate(inputs[name]) for name in F.SEQUENCES
+                     if name in inputs}
+        positions = self.retrieve(content, sequences)
+        kept = {name: tf.gather(x, positions, batch_dims=1) for name, x in sequences.items()}
         history_content = self._with_feedback(
             "content_feedback", self._content_of(kept[F.HISTORY], "history", table, training),
             kept)
         return self.content_attention(content, history_content,
                                       tf.not_equal(kept[F.HISTORY], F.PAD_ID))
 
+    def retrieve(self, content, sequences):
+        """Positions `[B, K]` of the history entries with the highest estimated content-
+        attention logits against targets with content `[B, content_dim]`: PQ codes of the
+        items' attention keys, plus the exact key of each entry's feedback.
+
+        `sequences` holds `history` `[B, L]` and, with `use_feedback`, the feedback
+        sequences."""
+        history = sequences[F.HISTORY]
+        query = self.content_attention.queries(tf.cast(content, tf.float32))
+        bias = None
+        if self.config.use_feedback:
+            feedback = self.content_feedback(*(sequences[n] for n in F.FEEDBACK_SEQUENCES))
+            keys = self.content_attention.keys(tf.cast(feedback, tf.float32))
+            bias = tf.einsum("bk,blk->bl", query, keys)
+        positions, _ = self.retrieval(query, self.content.rows_of(history),
+                                      tf.not_equal(history, F.PAD_ID), bias)
+        return positions
+
+    def content_logits(self, content, sequences):
+        """The content attention's exact logits `[B, L]` of every history entry (feedback
+        included) against targets with content `[B, content_dim]`: what `retrieve`
+        estimates. `sequences` as in `retrieve`."""
+        history = sequences[F.HISTORY]
+        entries = self._with_feedback("content_feedback",
+                                      self._history_content(history, False), sequences)
+        logits, _, _ = self.content_attention.scores(content, entries,
+                                                     tf.not_equal(history, F.PAD_ID))
+        return logits
+
     def refit_codebooks(self, batch_size=1024):
-        """Refits the retrieval's PQ codebooks on every catalog item's current history-branch
-        content embedding (`history_retrieval_k`)."""
+        """Refits the retrieval's PQ codebooks on every catalog item's current attention key
+        (the content attention's `keys` of its history-branch content embedding)."""
         if self.retrieval is None:
             raise ValueError("refit_codebooks needs `history_retrieval_k` >= 1.")
         adapter = self.config.history_content == "lora"
-        self.retrieval.fit(self.content.encode_all(batch_size, adapter=adapter))
+        embeddings = self.content.encode_all(batch_size, adapter=adapter)
+        self.retrieval.fit(self.content_attention.keys(tf.cast(embeddings, tf.float32)))
 
     def call(self, features, training=False):
         logits, _ = self._forward(self._inputs(features), training)
