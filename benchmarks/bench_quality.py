@@ -116,8 +116,9 @@ def tune_presets(args, data):
     return records
 
 
-def aggregate(rows, presets, protocols):
-    """`{protocol: {preset: {metric: {mean, std, n}, "paired": {metric: {...}}}}}`."""
+def aggregate(rows, presets, protocols, reference=REFERENCE):
+    """`{protocol: {preset: {metric: {mean, std, n}, "paired": {metric: {...}}}}}`, each
+    preset paired by seed with `reference`."""
     from scipy import stats
     table = {}
     for protocol in protocols:
@@ -133,14 +134,14 @@ def aggregate(rows, presets, protocols):
                     entry[metric] = {"mean": statistics.fmean(values),
                                      "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                                      "n": len(values)}
-            reference = mine.get(REFERENCE, {})
-            seeds = sorted(set(runs) & set(reference))
-            if preset != REFERENCE and seeds:
+            base = mine.get(reference, {})
+            seeds = sorted(set(runs) & set(base))
+            if preset != reference and seeds:
                 entry["paired"] = {}
                 for metric in PAIRED:
-                    diffs = [runs[s][metric] - reference[s][metric] for s in seeds]
+                    diffs = [runs[s][metric] - base[s][metric] for s in seeds]
                     test = (stats.ttest_rel([runs[s][metric] for s in seeds],
-                                            [reference[s][metric] for s in seeds])
+                                            [base[s][metric] for s in seeds])
                             if len(seeds) > 1 else None)
                     entry["paired"][metric] = {
                         "mean_diff": statistics.fmean(diffs),

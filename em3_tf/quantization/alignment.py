@@ -81,10 +81,11 @@ def aligned_embeddings(features: np.ndarray, rows: np.ndarray, dim: int = 32, st
     return embed(np.arange(len(features))).numpy()
 
 
-def item_codes(catalog: ItemCatalog, levels: int, codebook_size: int, source: str = "content",
-               train_split: Optional[dict] = None, seed: int = 0) -> np.ndarray:
-    """RQ-KMeans codes `[N, levels]` (int32) of every catalog item, in catalog order, from
-    the `source` representation (`"aligned"` needs the training split's interactions)."""
+def item_representation(catalog: ItemCatalog, source: str = "content",
+                        train_split: Optional[dict] = None, seed: int = 0) -> np.ndarray:
+    """`[N, D]` representation of every catalog item, in catalog order, that codes quantize:
+    the frozen `"content"` features, or those features `"aligned"` on the training split's
+    co-engagement pairs (which `train_split` then provides)."""
     if source not in SOURCES:
         raise ValueError(f"`source` must be one of {SOURCES}, got {source!r}.")
     features = content_features(catalog)
@@ -96,5 +97,13 @@ def item_codes(catalog: ItemCatalog, levels: int, codebook_size: int, source: st
         rows = np.array([(index[a], index[b]) for a, b in pairs.tolist()
                          if a in index and b in index], np.int64).reshape(-1, 2)
         features = aligned_embeddings(features, rows, seed=seed)
+    return features
+
+
+def item_codes(catalog: ItemCatalog, levels: int, codebook_size: int, source: str = "content",
+               train_split: Optional[dict] = None, seed: int = 0) -> np.ndarray:
+    """RQ-KMeans codes `[N, levels]` (int32) of every catalog item, in catalog order, from
+    its `item_representation`."""
+    features = item_representation(catalog, source, train_split, seed)
     quantizer = ResidualQuantizer(levels, codebook_size, seed=seed).fit(features)
     return quantizer.encode(features).numpy()
