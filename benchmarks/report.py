@@ -34,6 +34,20 @@ QUALITY_COLUMNS = {
 HEADLINE = {"temporal": "auc", "item_cold": "cold_auc"}
 
 
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _cell(entry, metric, digits=4):
     if metric not in entry:
         return "-"
@@ -150,9 +164,7 @@ def serving_ratios(result):
 
 
 def plot_auc_bars(result, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     presets = result["presets"]
     panels = [("temporal", "auc", "Test AUC, temporal protocol (all rows)"),
               ("item_cold", "cold_auc", "Test AUC on cold-item rows, item-cold protocol")]
@@ -171,15 +183,11 @@ def plot_auc_bars(result, path):
         ax.set_ylim(max(0.4, low - 0.02), max(means) + 0.02 if means else 1)
         ax.set_title(title)
         ax.set_ylabel("AUC (mean ± std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_cost_curves(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     rows = results["history_branch"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for mode, style in (("full", "o-"), ("lora", "s-"), ("cache", "^-")):
@@ -196,9 +204,7 @@ def plot_cost_curves(results, path):
     axes[2].set_title("Parameters the history branch trains")
     axes[2].set_yscale("log")
     fig.suptitle(results["machine"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def codes_markdown(result) -> str:
@@ -215,9 +221,7 @@ def codes_markdown(result) -> str:
 
 
 def plot_codes(result, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for source, style in (("content", "o-"), ("aligned", "s--")):
         mine = [r for r in result["rows"] if r["source"] == source]
@@ -237,9 +241,7 @@ def plot_codes(result, path):
         ax.legend(fontsize=7)
     fig.suptitle(f"RQ-KMeans codes of the MovieLens-100K catalog; {result['machine']}",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def codes_quality_markdown(runs) -> str:
@@ -297,9 +299,7 @@ def long_history_markdown(result) -> str:
 
 
 def plot_long_history(result, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     labels = list(result["table"])
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.38
@@ -316,15 +316,11 @@ def plot_long_history(result, path):
     ax.set_ylabel("test AUC (mean ± std over seeds)")
     ax.set_title("Whole MovieLens-100K histories: L=50 vs L=500, exact vs PQ retrieval")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_retrieval(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     rows = results["retrieval"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for mode, style, label in (("exact", "o-", "exact LoRA branch"),
@@ -345,15 +341,11 @@ def plot_retrieval(results, path):
     for ax in axes:
         ax.legend(fontsize=8)
     fig.suptitle(results["machine"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_embeddings(npz_path, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
     from sklearn.manifold import TSNE
     data = np.load(npz_path)
@@ -374,9 +366,7 @@ def plot_embeddings(npz_path, path):
         ax.set_xticks([]), ax.set_yticks([])
     axes[1].legend(markerscale=3, fontsize=8, title="first listed genre")
     fig.suptitle("t-SNE of MovieLens-100K item content embeddings", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def replace_block(text, name, body):
