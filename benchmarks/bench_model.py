@@ -188,7 +188,8 @@ def main(argv=None):
                   else history_branch(rest[0], int(rest[1]), int(rest[2])))
         print(json.dumps(result))
         return
-    if not os.path.exists(os.path.join(args.data, "summary.json")):
+    if args.only in (None, "throughput") and not os.path.exists(
+            os.path.join(args.data, "summary.json")):  # only the throughput part reads it
         from em3_tf.data import build
         build.main(["--out", args.data])
     steps = 5 if args.quick else 100
