@@ -52,6 +52,19 @@ def _epochs_started(log):
     return [int(n) for n in re.findall(rf"^Epoch (\d+)/{EPOCHS}$", log, re.M)]
 
 
+def _finish(process, log, log_path) -> str:
+    """Waits (at most 240 s) for the resumed run, which must succeed; returns its log."""
+    try:
+        process.wait(240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    text = log_path.read_text()
+    assert process.returncode == 0, text[-3000:]
+    return text
+
+
 def test_a_killed_cli_training_resumes_after_its_last_finished_epoch(tmp_path):
     out = str(tmp_path / "run")
     backup_state = os.path.join(out, "backup", "chief", "checkpoint")
@@ -64,14 +77,7 @@ def test_a_killed_cli_training_resumes_after_its_last_finished_epoch(tmp_path):
     assert _epochs_started(first_log)[0] == 1
 
     second, log = _run_cli(out, tmp_path / "second.log")
-    try:
-        second.wait(240)
-    finally:
-        if second.poll() is None:
-            second.kill()
-        log.close()
-    second_log = (tmp_path / "second.log").read_text()
-    assert second.returncode == 0, second_log[-3000:]
+    second_log = _finish(second, log, tmp_path / "second.log")
     resumed = re.search(r"Resuming from the backup in .*: (\d+) epoch\(s\) done, optimizer step "
                         r"(\d+)", second_log)
     assert resumed, second_log[-3000:]
@@ -201,14 +207,7 @@ def test_a_killed_tfx_trainer_resumes_in_its_next_execution(tmp_path):
     assert not os.path.exists(trainer / "model" / "4" / "Format-Serving")
 
     second, log = start("5")
-    try:
-        second.wait(240)
-    finally:
-        if second.poll() is None:
-            second.kill()
-        log.close()
-    second_log = (tmp_path / "trainer-5.log").read_text()
-    assert second.returncode == 0, second_log[-3000:]
+    second_log = _finish(second, log, tmp_path / "trainer-5.log")
     steps = math.ceil(len(data.splits["train"][F.ITEM_ID]) / BATCH)
     assert f"at most 4 epoch(s) of {steps} steps" in second_log
     resumed = re.search(r"Resuming from the backup in (\S+): (\d+) epoch\(s\) done, optimizer "
