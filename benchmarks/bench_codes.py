@@ -2,10 +2,11 @@
 
     .venv/bin/python -m benchmarks.bench_codes [--data artifacts/ml-100k]
 
-RQ-KMeans codes (`em3_tf.quantization.rq`) of the 1,682 catalog items, 3 levels, for both
-representations the ranker can quantize (`semantic_id_source`): the frozen content features
-and those features aligned on the temporal training split's co-engagement pairs; codebook
-sizes 16, 64 (the presets' size) and 256. Per case: the share of items whose full code
+RQ-KMeans codes (`em3_tf.quantization.rq`) of the 1,682 catalog items, 3 levels, for each
+representation the ranker can quantize (`semantic_id_source`): the frozen content features,
+those features aligned on the temporal training split's co-engagement pairs, and the content
+embeddings of an EM3 trained on that split (`em3` preset, its recorded hyper-parameters, early
+stopping on eval, seed 0); codebook sizes 16, 64 (the presets' size) and 256. Per case: the share of items whose full code
 another item shares (collision rate), the share of each level's centroids in use
 (utilisation), the number of distinct code prefixes of each length, and the residual error
 after each level relative to the representation's mean squared norm. Writes `<out>/codes.json`; `benchmarks.report` plots it.
@@ -18,7 +19,6 @@ import sys
 
 LEVELS = 3
 CODEBOOK_SIZES = (16, 64, 256)
-SOURCES = ("content", "aligned")
 
 
 def main(argv=None):
@@ -26,11 +26,14 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="artifacts/ml-100k")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--epochs", type=int, default=4, help="at most this many epochs of the EM3 "
+                   "whose content embeddings the 'em3' source quantizes")
     args = p.parse_args(argv)
 
     import numpy as np
 
     from benchmarks import machine
+    from em3_tf.config import SOURCES
     from em3_tf.data.records import load_dataset
     from em3_tf.quantization.alignment import item_representation
     from em3_tf.quantization.rq import ResidualQuantizer, collision_rate, utilisation
@@ -41,7 +44,9 @@ def main(argv=None):
     data = load_dataset(args.data, "temporal")
     rows = []
     for source in SOURCES:
-        features = item_representation(data.catalog, source, data.splits["train"])
+        trained = trained_em3(data, args.epochs) if source == "em3" else None
+        features = item_representation(data.catalog, source, data.splits["train"],
+                                       content_model=trained)
         scale = float(np.mean(np.sum(features ** 2, axis=1)))
         for size in CODEBOOK_SIZES:
             quantizer = ResidualQuantizer(LEVELS, size).fit(features)
@@ -62,6 +67,24 @@ def main(argv=None):
     from benchmarks.report import codes_markdown
     print(codes_markdown({"rows": rows}))
     return 0
+
+
+def trained_em3(data, epochs):
+    """The `em3` preset with its recorded hyper-parameters, trained on `data` (seed 0)."""
+    from em3_tf.config import EM3Config
+    from em3_tf.training import train_and_evaluate
+    from em3_tf.tuning import read_hyperparameters
+    from pipelines.config import PipelineConfig
+
+    tuned = read_hyperparameters(os.path.join(PipelineConfig().hyperparameters_dir, "ml-100k",
+                                              "em3"))
+    config = EM3Config.preset("em3", context_features=data.context_features, **tuned)
+    print(f"training EM3 ({data.protocol}, at most {epochs} epochs) for the 'em3' source ...",
+          flush=True)
+    model, report = train_and_evaluate(config, data, epochs=epochs, verbose=0, split=None)
+    print(f"  eval AUC {report['eval_auc']:.4f} (best epoch {report['best_epoch']})",
+          flush=True)
+    return model
 
 
 if __name__ == "__main__":

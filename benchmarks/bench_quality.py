@@ -17,7 +17,8 @@ Protocol, the same for every variant (each row of the table changes one factor f
      to EM3 with a paired t-test.
 
 Every finished run is appended to `<out>/quality_runs.jsonl` at once (keyed by its config),
-so an interrupted benchmark resumes. `<out>/quality.json` holds the aggregates.
+so an interrupted benchmark resumes. `<out>/quality.json` holds the aggregates of the full
+table (a run of fewer presets or protocols prints its table and leaves that file alone).
 """
 
 import argparse
@@ -219,8 +220,11 @@ def main(argv=None):
                   "records": _read_json(tuning_path)},
               "seconds": round(time.perf_counter() - start, 1),
               "table": aggregate(rows, args.presets, args.protocols)}
-    with open(os.path.join(args.out, "quality.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    if set(DEFAULT_PRESETS) <= set(args.presets) and len(args.protocols) == 2:
+        with open(os.path.join(args.out, "quality.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    else:  # a partial run keeps the full table's summary; its runs are in the runs file
+        print(f"(a subset of the table: {runs_file} has the runs; quality.json is kept)")
     from benchmarks.report import quality_markdown
     print(quality_markdown(result))
     return 0

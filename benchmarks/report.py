@@ -223,7 +223,7 @@ def codes_markdown(result) -> str:
 def plot_codes(result, path):
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for source, style in (("content", "o-"), ("aligned", "s--")):
+    for source, style in (("content", "o-"), ("aligned", "s--"), ("em3", "^-.")):
         mine = [r for r in result["rows"] if r["source"] == source]
         axes[0].plot([r["codebook_size"] for r in mine], [r["collision_rate"] for r in mine],
                      style, label=source)
@@ -244,24 +244,37 @@ def plot_codes(result, path):
     _save(fig, path)
 
 
-def codes_quality_markdown(runs) -> str:
-    """Cold-item quality of the semantic ids from the quality runs: EM3 + codes vs EM3 and
-    codes vs the ID-only DCN, item_cold protocol, paired by seed."""
+CODES_QUALITY_ROWS = (  # (preset, paired with, label)
+    ("em3", "em3", "EM3 (`em3`)"),
+    ("em3_sid", "em3", "EM3 + codes of the co-engagement-aligned content (`em3_sid`)"),
+    ("em3_sid_own", "em3", "EM3 + codes of EM3's own trained content (`em3_sid_own`)"),
+    ("id_dcn", "id_dcn", "ID-only DCN (`id_dcn`)"),
+    ("sid_dcn", "id_dcn", "codes instead of item ids (`sid_dcn`)"))
+
+
+def codes_quality(runs):
+    """`[(preset, reference, label, entry)]`: the semantic-id presets' item_cold results from
+    the quality runs (each preset's newest settings), paired by seed with their reference."""
     from benchmarks.bench_quality import aggregate
     cold = [r for r in runs if r["protocol"] == "item_cold"]
     newest = {r["preset"]: r["config_key"] for r in cold}  # each preset's latest settings
     rows = list({(r["preset"], r["seed"]): r for r in cold
                  if r["config_key"] == newest[r["preset"]]}.values())
-    lines = ["| model | AUC | cold-item AUC | warm-item AUC | paired cold-item difference |",
-             "|---|---|---|---|---|"]
-    for preset, reference, label in (
-            ("em3", "em3", "EM3 (`em3`)"), ("em3_sid", "em3", "EM3 + codes (`em3_sid`)"),
-            ("id_dcn", "id_dcn", "ID-only DCN (`id_dcn`)"),
-            ("sid_dcn", "id_dcn", "codes instead of item ids (`sid_dcn`)")):
+    out = []
+    for preset, reference, label in CODES_QUALITY_ROWS:
         entry = aggregate(rows, [reference, preset], ["item_cold"], reference)[
             "item_cold"].get(preset)
-        if entry is None:
-            continue
+        if entry is not None:
+            out.append((preset, reference, label, entry))
+    return out
+
+
+def codes_quality_markdown(table) -> str:
+    """Cold-item quality of the semantic ids (`codes_quality`): EM3 + codes vs EM3 and codes
+    vs the ID-only DCN, item_cold protocol, paired by seed."""
+    lines = ["| model | AUC | cold-item AUC | warm-item AUC | paired cold-item difference |",
+             "|---|---|---|---|---|"]
+    for _, reference, label, entry in table:
         paired = entry.get("paired", {}).get("cold_auc")
         versus = "reference" if paired is None else (
             f"{_paired(entry, 'cold_auc')} vs {reference}, better in "
@@ -269,6 +282,24 @@ def codes_quality_markdown(runs) -> str:
         lines.append(f"| {label} | {_cell(entry, 'auc')} | {_cell(entry, 'cold_auc')} | "
                      f"{_cell(entry, 'warm_auc')} | {versus} |")
     return "\n".join(lines)
+
+
+def plot_codes_quality(table, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    names = [preset for preset, *_ in table]
+    for shift, metric, title in ((-0.2, "cold_auc", "cold-item rows"),
+                                 (0.2, "warm_auc", "warm-item rows")):
+        means = [entry[metric]["mean"] for *_, entry in table]
+        stds = [entry[metric]["std"] for *_, entry in table]
+        ax.bar([k + shift for k in range(len(names))], means, 0.4, yerr=stds, capsize=3,
+               label=title)
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    low = min(entry["cold_auc"]["mean"] for *_, entry in table)
+    ax.set(ylim=(low - 0.03, None), ylabel="test AUC (mean ± std over seeds)",
+           title="Semantic ids on the item_cold protocol (MovieLens-100K)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
 
 
 LONG_HISTORY_LABELS = {
@@ -420,7 +451,11 @@ def main(argv=None):
     if os.path.exists(runs):
         with open(runs) as f:
             rows = [json.loads(line) for line in f if line.strip()]
-        readme = replace_block(readme, "codes-quality", codes_quality_markdown(rows))
+        table = codes_quality(rows)
+        if table:
+            plot_codes_quality(table, os.path.join(r, "codes_quality.png"))
+            readme = replace_block(readme, "codes-quality", codes_quality_markdown(table)
+                                   + f"\n\n![Semantic ids, cold items]({r}/codes_quality.png)")
     if long_history:
         plot_long_history(long_history, os.path.join(r, "long_history.png"))
         readme = replace_block(readme, "long-history", long_history_markdown(long_history)

@@ -10,8 +10,9 @@ concat-MLP encoders pool those same reduced tokens. `em3_full_cost` is EM3 witho
 cost levers (raw tokens, LoRA adapters in every Q-Former projection): the one row that
 changes two things, to show what the levers cost in quality. Beyond EM3 (QARM): `em3_sid` is
 EM3 plus semantic-id features (3 levels of RQ-KMeans codes of the co-engagement-aligned
-content, `em3_tf.layers.semantic_ids`); `sid_dcn` is the ID-only DCN with the codes in place of
-the item id. `em3_pq` (SEMINAR) runs the LoRA history branch over the 50 history items that
+content, `em3_tf.layers.semantic_ids`); `em3_sid_own` quantizes EM3's own trained content
+embeddings instead (two-stage: EM3 without codes first, see `EM3Config.first_stage`);
+`sid_dcn` is the ID-only DCN with the codes in place of the item id. `em3_pq` (SEMINAR) runs the LoRA history branch over the 50 history items that
 product-quantized attention keys retrieve (`em3_tf.layers.codebook_retrieval`), for long
 histories; it changes two things, since its content attention must score with the dot
 product that the retrieval estimates (`bench_long_history` separates the two).
@@ -30,6 +31,7 @@ product that the retrieval estimates (`bench_long_history` separates the two).
 | `em3_no_feedback`       | Fusion-Q-Former               | Q-Former + LoRA on its output| yes | yes     | no       |
 | `em3_cached`            | Fusion-Q-Former               | frozen cache, per epoch      | yes | yes     | yes      |
 | `em3_sid`               | Fusion-Q-Former               | Q-Former + LoRA on its output| yes | yes     | yes      |
+| `em3_sid_own`           | Fusion-Q-Former               | Q-Former + LoRA on its output| yes | yes     | yes      |
 | `em3_pq`                | Fusion-Q-Former               | LoRA over the top-50 by PQ, dot attention | yes | yes | yes |
 | `sid_dcn`               | none                          | none                         | no  | no      | yes      |
 """
@@ -43,7 +45,7 @@ from typing import Any, Dict, Tuple
 CONTENT_ENCODERS = ("none", "qformer", "concat_mlp", "frozen")
 LR_SCHEDULES = ("constant", "cosine")
 LORA_SCOPES = ("all", "output")
-SOURCES = ("content", "aligned")  # what semantic ids quantize (em3_tf.quantization.alignment)
+SOURCES = ("content", "aligned", "em3")  # what semantic ids quantize (em3_tf.quantization.alignment)
 MAX_LEVELS = 8  # semantic-id code levels
 HISTORY_MODES = ("none", "lora", "full", "cache")
 ATTENTION_MODES = ("joint", "cross")
@@ -101,8 +103,10 @@ class EM3Config:
       dense_features: names of float features `[B]` fed to the tower as they are (e.g. the
         TFX Transform's normalised `history_length_z`).
       semantic_id_levels, semantic_id_codebook, semantic_id_source: QARM codes as features:
-        levels of RQ-KMeans codes (0: none), centroids per level, and what is quantized
-        (`"content"` features, or `"aligned"`: trained on co-engagement pairs).
+        levels of RQ-KMeans codes (0: none), centroids per level, and what is quantized:
+        the frozen `"content"` features; `"aligned"`, trained on co-engagement pairs; or
+        `"em3"`, the content embeddings of this model trained without codes first (two-stage
+        training, see `first_stage`; needs a content encoder).
       use_item_id: read the item id embedding (False: the codes stand in for it).
       history_retrieval_k: SEMINAR retrieval: the content attention runs over the K history
         items whose PQ-estimated attention logits are highest (0: over the whole history).
@@ -203,6 +207,9 @@ class EM3Config:
             raise ValueError(f"`semantic_id_codebook` must be >= 2, got "
                              f"{self.semantic_id_codebook!r}.")
         _one_of("semantic_id_source", self.semantic_id_source, SOURCES)
+        if self.semantic_id_source == "em3" and self.semantic_id_levels and not self.uses_content:
+            raise ValueError("`semantic_id_source='em3'` quantizes the model's own trained "
+                             "content embeddings: it needs a `content_encoder`, got 'none'.")
         if not self.use_item_id and not self.semantic_id_levels:
             raise ValueError("`use_item_id=False` needs semantic ids (`semantic_id_levels` "
                              ">= 1): the model would have no item identity.")
@@ -232,6 +239,16 @@ class EM3Config:
     @property
     def uses_content(self) -> bool:
         return self.content_encoder != "none"
+
+    @property
+    def two_stage(self) -> bool:
+        """Whether training starts with `first_stage` (`semantic_id_source='em3'` codes)."""
+        return bool(self.semantic_id_levels) and self.semantic_id_source == "em3"
+
+    def first_stage(self) -> "EM3Config":
+        """The first stage of a two-stage training: this config without semantic ids. Its
+        trained content embeddings are what `semantic_id_source='em3'` quantizes."""
+        return self.replace(semantic_id_levels=0, semantic_id_source="aligned")
 
     def replace(self, **changes) -> "EM3Config":
         return dataclasses.replace(self, **changes)
@@ -286,6 +303,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "em3_no_feedback": dict(_LEAN, use_feedback=False),
     "em3_cached": dict(_LEAN, history_content="cache", lora_scope="all"),
     "em3_sid": dict(_LEAN, semantic_id_levels=3),
+    "em3_sid_own": dict(_LEAN, semantic_id_levels=3, semantic_id_source="em3"),
     "em3_pq": dict(_LEAN, history_retrieval_k=50, content_attention="dot"),
     "sid_dcn": dict(content_encoder="none", history_content="none", cic_weight=0.0,
                     use_id_sequence=False, semantic_id_levels=3, use_item_id=False),

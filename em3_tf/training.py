@@ -85,15 +85,17 @@ def make_optimizer(config: EM3Config, model: EM3Ranker, total_steps: Optional[in
 
 
 def compile_ranker(config: EM3Config, vocabularies, catalog, strategy=None,
-                   total_steps: Optional[int] = None, train_split=None) -> EM3Ranker:
+                   total_steps: Optional[int] = None, train_split=None,
+                   first_stage: Optional[EM3Ranker] = None) -> EM3Ranker:
     """A compiled `EM3Ranker`, created under `strategy`'s scope if given; `total_steps` is the
     planned number of training steps (for the learning-rate schedule). With semantic ids, the
-    catalog's codes are computed here, the aligned ones from `train_split`'s interactions
-    (`{item_id, label, history_item_ids, history_labels}` arrays)."""
+    catalog's codes are computed here: the aligned ones from `train_split`'s interactions
+    (`{item_id, label, history_item_ids, history_labels}` arrays), the `"em3"` ones from the
+    trained `first_stage` model (`config.first_stage()`, see `train_and_evaluate`)."""
     codes = None
     if config.semantic_id_levels:
         codes = item_codes(catalog, config.semantic_id_levels, config.semantic_id_codebook,
-                           config.semantic_id_source, train_split)
+                           config.semantic_id_source, train_split, content_model=first_stage)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         model = EM3Ranker(config, vocabularies, catalog, semantic_codes=codes)
@@ -102,13 +104,13 @@ def compile_ranker(config: EM3Config, vocabularies, catalog, strategy=None,
 
 
 def build_ranker(config: EM3Config, data: RankingData, strategy=None, epochs=None,
-                 batch_size=256) -> EM3Ranker:
+                 batch_size=256, first_stage: Optional[EM3Ranker] = None) -> EM3Ranker:
     """`compile_ranker` with `data`'s training vocabularies, item catalog and interactions
     (and the steps of `epochs` epochs of `batch_size` for the schedule)."""
     steps = (epochs * math.ceil(len(data.splits["train"][F.ITEM_ID]) / batch_size)
              if epochs else None)
     return compile_ranker(config, data.vocabularies(), data.catalog, strategy, steps,
-                          data.splits["train"])
+                          data.splits["train"], first_stage)
 
 
 class GlobalMetrics(keras.callbacks.Callback):
@@ -399,17 +401,30 @@ def evaluate(model: EM3Ranker, data: RankingData, split="test") -> Dict[str, flo
 
 
 def train_and_evaluate(config: EM3Config, data: RankingData, epochs=5, batch_size=256, seed=0,
-                       verbose=1, patience: Optional[int] = 1, split="test", **fit_kwargs):
-    """Seeds everything, builds, fits (early stopping on eval) and evaluates `split`; returns
-    `(model, report)` with the epochs trained, the best epoch and the optimizer's step count
-    in the report. `fit_kwargs` go to `fit` (e.g. `backup_dir`: resumable)."""
+                       verbose=1, patience: Optional[int] = 1, split: Optional[str] = "test",
+                       **fit_kwargs):
+    """Seeds everything, builds, fits (early stopping on eval) and evaluates `split` (None:
+    no evaluation); returns `(model, report)` with the epochs trained, the best epoch and the
+    optimizer's step count in the report. `fit_kwargs` go to `fit` (e.g. `backup_dir`:
+    resumable; it then holds the second stage only).
+
+    A two-stage config (`config.two_stage`: semantic ids of the model's own trained content)
+    first trains `config.first_stage()` the same way; the report's `train_seconds` counts both
+    stages and `first_stage` holds the first one's summary."""
+    first, first_report = None, None
+    if config.two_stage:
+        first, first_report = train_and_evaluate(config.first_stage(), data, epochs, batch_size,
+                                                 seed, verbose, patience, split=None)
     keras.utils.set_random_seed(seed)
-    model = build_ranker(config, data, epochs=epochs, batch_size=batch_size)
+    model = build_ranker(config, data, epochs=epochs, batch_size=batch_size, first_stage=first)
     start = time.perf_counter()
     history = fit(model, data, epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose,
                   patience=patience, **fit_kwargs)
     seconds = time.perf_counter() - start
-    report = evaluate(model, data, split)
+    report = evaluate(model, data, split) if split else {}
+    if first_report is not None:
+        seconds += first_report["train_seconds"]
+        report["first_stage"] = first_report
     report.update(train_seconds=round(seconds, 2), **fit_summary(history),
                   optimizer_steps=_optimizer_step(model))
     return model, report

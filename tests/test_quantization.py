@@ -220,3 +220,41 @@ def test_savedmodel_round_trip_with_codes_gives_the_same_scores(cold_data, prese
     served = tf.saved_model.load(path).signatures["serving_default"](
         examples=tf.constant(F.to_examples(rows)))["scores"].numpy()
     np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_em3_source_quantizes_the_first_stage_trained_content_embeddings(cold_data):
+    """`semantic_id_source='em3'` is a two-stage training: the model without codes first
+    (trained, never evaluated on test), then the ranker with the codes of its trained,
+    L2-normalised content embeddings (every catalog item's; a held-out item's from its
+    content)."""
+    from em3_tf.quantization.rq import ResidualQuantizer
+    from em3_tf.training import compile_ranker, train_and_evaluate
+    config = EM3Config.preset("em3_sid", max_history_len=10, width=16, num_heads=2,
+                              semantic_id_codebook=8, semantic_id_source="em3")
+    assert config.two_stage and not config.first_stage().semantic_id_levels
+    assert not EM3Config.preset("em3_sid").two_stage  # co-engagement-aligned by default
+    model, report = train_and_evaluate(config, cold_data, epochs=1, batch_size=512, verbose=0)
+    first = report["first_stage"]
+    assert first["epochs_trained"] == 1 and report["train_seconds"] >= first["train_seconds"]
+    assert "auc" not in first and "auc" in report  # the first stage is not evaluated
+    # the second stage's codes are the RQ codes of a trained first stage's content
+    first_model = compile_ranker(
+        config.first_stage(), cold_data.vocabularies(), cold_data.catalog)
+    first_model.fit(cold_data.dataset("train", 64).take(3), epochs=1, verbose=0)
+    embeddings = first_model.content.encode_all().numpy()[1:]
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    expected = ResidualQuantizer(3, 8, seed=0).fit(embeddings).encode(embeddings).numpy()
+    codes = item_codes(cold_data.catalog, 3, 8, "em3", content_model=first_model)
+    np.testing.assert_array_equal(codes, expected)
+    second = compile_ranker(config, cold_data.vocabularies(), cold_data.catalog,
+                            first_stage=first_model)
+    keys = tf.constant(F.keys_of(cold_data.catalog.item_ids))
+    np.testing.assert_array_equal(second.semantic_ids.codes_of(keys).numpy(), codes)
+    assert not np.array_equal(codes, item_codes(cold_data.catalog, 3, 8, "content"))
+
+
+def test_em3_source_needs_a_trained_content_model(cold_data):
+    with pytest.raises(ValueError, match="content_model"):
+        item_codes(cold_data.catalog, 3, 8, "em3")
+    with pytest.raises(ValueError, match="needs a `content_encoder`"):
+        EM3Config.preset("sid_dcn", semantic_id_source="em3")

@@ -1,12 +1,15 @@
 """Item representations to quantize, aligned with the ranking task (QARM's first step).
 
-Two sources, both computed from the catalog's content alone, so that a cold item gets codes:
+Three sources, all computed from the catalog's content alone, so that a cold item gets codes:
 
 - `"content"`: the frozen content features: each modality's tokens mean-pooled and
   L2-normalised, concatenated.
 - `"aligned"`: those features through a small MLP trained contrastively (in-batch InfoNCE)
   on co-engagement pairs from the training interactions: an item a user liked and the items
   that user liked just before it (QARM's item alignment). Items engaged together end up close.
+- `"em3"`: the content embeddings of a trained EM3 (`content_model`: the same ranker trained
+  without codes first, `EM3Config.first_stage`), i.e. the Fusion-Q-Former aligned with the
+  ranking task by the ranking loss itself, L2-normalised.
 
 `item_codes(catalog, ...)` then fits RQ-KMeans on the chosen representation and returns the
 codes of every catalog item.
@@ -81,13 +84,30 @@ def aligned_embeddings(features: np.ndarray, rows: np.ndarray, dim: int = 32, st
     return embed(np.arange(len(features))).numpy()
 
 
+def trained_content_embeddings(catalog: ItemCatalog, content_model) -> np.ndarray:
+    """`[N, D]` L2-normalised target-branch content embeddings of every catalog item, in
+    catalog order, from `content_model`, a trained `EM3Ranker` with item content."""
+    if getattr(content_model, "content", None) is None:
+        raise ValueError("`source='em3'` needs `content_model`: a trained EM3Ranker with item "
+                         "content (the first stage, `EM3Config.first_stage`).")
+    if not np.array_equal(content_model.content.catalog_item_ids, F.keys_of(catalog.item_ids)):
+        raise ValueError("`content_model` was built on another catalog than `catalog`.")
+    embeddings = content_model.content.encode_all().numpy()[1:]  # row 0: the unknown item
+    norms = np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-6)
+    return (embeddings / norms).astype(np.float32)
+
+
 def item_representation(catalog: ItemCatalog, source: str = "content",
-                        train_split: Optional[dict] = None, seed: int = 0) -> np.ndarray:
+                        train_split: Optional[dict] = None, seed: int = 0,
+                        content_model=None) -> np.ndarray:
     """`[N, D]` representation of every catalog item, in catalog order, that codes quantize:
-    the frozen `"content"` features, or those features `"aligned"` on the training split's
-    co-engagement pairs (which `train_split` then provides)."""
+    the frozen `"content"` features, those features `"aligned"` on the training split's
+    co-engagement pairs (which `train_split` then provides), or the `"em3"` content
+    embeddings of `content_model`."""
     if source not in SOURCES:
         raise ValueError(f"`source` must be one of {SOURCES}, got {source!r}.")
+    if source == "em3":
+        return trained_content_embeddings(catalog, content_model)
     features = content_features(catalog)
     if source == "aligned":
         if train_split is None:
@@ -101,9 +121,10 @@ def item_representation(catalog: ItemCatalog, source: str = "content",
 
 
 def item_codes(catalog: ItemCatalog, levels: int, codebook_size: int, source: str = "content",
-               train_split: Optional[dict] = None, seed: int = 0) -> np.ndarray:
+               train_split: Optional[dict] = None, seed: int = 0,
+               content_model=None) -> np.ndarray:
     """RQ-KMeans codes `[N, levels]` (int32) of every catalog item, in catalog order, from
     its `item_representation`."""
-    features = item_representation(catalog, source, train_split, seed)
+    features = item_representation(catalog, source, train_split, seed, content_model)
     quantizer = ResidualQuantizer(levels, codebook_size, seed=seed).fit(features)
     return quantizer.encode(features).numpy()

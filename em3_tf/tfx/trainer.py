@@ -51,6 +51,7 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 import tensorflow_transform as tft
@@ -166,6 +167,12 @@ def backup_dir(fn_args, custom):
         component_dir = os.path.dirname(os.path.dirname(fn_args.model_run_dir.rstrip("/")))
         base = os.path.join(component_dir, "backup")
     return os.path.join(base, training_key(fn_args, custom))
+
+
+def first_stage_backup(backup: Optional[str]) -> Optional[str]:
+    """The backup of a two-stage training's first stage, beside the training's own, so that a
+    resumed run restores the same first model, hence the same codes."""
+    return backup.rstrip("/") + "-first-stage" if backup else None
 
 
 def transformed_vocabularies(tft_output, names):
@@ -315,9 +322,16 @@ class TrainingSetup:
         if verbose is None:
             replicas = strategy.num_replicas_in_sync if strategy is not None else 1
             verbose = 1 if replicas == 1 else 2
+        first = None
+        if config.two_stage:  # semantic ids of the model's own trained content embeddings
+            print("EM3 trainer: stage 1 of 2, the model without semantic ids (its trained "
+                  "content embeddings give the codes)", flush=True)
+            first, _ = self.fit(config.first_stage(), strategy, verbose=verbose,
+                                backup_dir=first_stage_backup(backup_dir))
+            print("EM3 trainer: stage 2 of 2, the model with the codes", flush=True)
         keras.utils.set_random_seed(self.seed)
         model = compile_ranker(config, self.vocabularies, self.catalog, strategy,
-                               self.total_steps, self.interactions(config))
+                               self.total_steps, self.interactions(config), first)
         fn_args, tft_output = self.fn_args, self.tft_output
         train = _dataset(fn_args, fn_args.train_files, tft_output, self.batch_size, self.seed,
                          repeat=True, workers=self.workers)
@@ -361,6 +375,7 @@ def _run(fn_args, custom, strategy):
             shutil.rmtree(os.path.dirname(export_dir), ignore_errors=True)
     if chief:
         remove_backup(backup)
+        remove_backup(first_stage_backup(backup))
     else:
         _wait_for_chief_export(fn_args.serving_model_dir,
                                float(custom.get("chief_export_wait_s", 600)))
