@@ -6,10 +6,11 @@ RQ-KMeans codes (`em3_tf.quantization.rq`) of the 1,682 catalog items, 3 levels,
 representation the ranker can quantize (`semantic_id_source`): the frozen content features,
 those features aligned on the temporal training split's co-engagement pairs, and the content
 embeddings of an EM3 trained on that split (`em3` preset, its recorded hyper-parameters, early
-stopping on eval, seed 0); codebook sizes 16, 64 (the presets' size) and 256. Per case: the share of items whose full code
-another item shares (collision rate), the share of each level's centroids in use
-(utilisation), the number of distinct code prefixes of each length, and the residual error
-after each level relative to the representation's mean squared norm. Writes `<out>/codes.json`; `benchmarks.report` plots it.
+stopping on eval, seed 0); codebook sizes 16, 64 (the presets' size) and 256. Per case: the
+share of items whose full code another item shares (collision rate), the share of each level's
+centroids in use (utilisation), the number of distinct code prefixes of each length, and the
+residual error after each level relative to the representation's mean squared norm. Writes
+`<out>/codes.json`; `benchmarks.report` plots it.
 """
 
 import argparse

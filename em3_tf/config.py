@@ -12,10 +12,11 @@ changes two things, to show what the levers cost in quality. Beyond EM3 (QARM): 
 EM3 plus semantic-id features (3 levels of RQ-KMeans codes of the co-engagement-aligned
 content, `em3_tf.layers.semantic_ids`); `em3_sid_own` quantizes EM3's own trained content
 embeddings instead (two-stage: EM3 without codes first, see `EM3Config.first_stage`);
-`sid_dcn` is the ID-only DCN with the codes in place of the item id. `em3_pq` (SEMINAR) runs the LoRA history branch over the 50 history items that
-product-quantized attention keys retrieve (`em3_tf.layers.codebook_retrieval`), for long
-histories; it changes two things, since its content attention must score with the dot
-product that the retrieval estimates (`bench_long_history` separates the two).
+`sid_dcn` is the ID-only DCN with the codes in place of the item id. `em3_pq` (SEMINAR) runs
+the LoRA history branch over the 50 history items that product-quantized attention keys
+retrieve (`em3_tf.layers.codebook_retrieval`), for long histories; it changes two things, since
+its content attention must score with the dot product that the retrieval estimates
+(`bench_long_history` separates the two).
 
 | preset                  | item content encoder          | history content              | CIC | ID seq. | feedback |
 |-------------------------|-------------------------------|------------------------------|-----|---------|----------|
@@ -45,7 +46,8 @@ from typing import Any, Dict, Tuple
 CONTENT_ENCODERS = ("none", "qformer", "concat_mlp", "frozen")
 LR_SCHEDULES = ("constant", "cosine")
 LORA_SCOPES = ("all", "output")
-SOURCES = ("content", "aligned", "em3")  # what semantic ids quantize (em3_tf.quantization.alignment)
+# what semantic ids quantize (em3_tf.quantization.alignment)
+SOURCES = ("content", "aligned", "em3")
 MAX_LEVELS = 8  # semantic-id code levels
 HISTORY_MODES = ("none", "lora", "full", "cache")
 ATTENTION_MODES = ("joint", "cross")
