@@ -220,7 +220,10 @@ def main(argv=None):
                   "records": _read_json(tuning_path)},
               "seconds": round(time.perf_counter() - start, 1),
               "table": aggregate(rows, args.presets, args.protocols)}
-    if set(DEFAULT_PRESETS) <= set(args.presets) and len(args.protocols) == 2:
+    full = (set(DEFAULT_PRESETS) <= set(args.presets)
+            and set(args.protocols) == {"temporal", "item_cold"}
+            and set(args.seeds) >= {0, 1, 2, 3, 4})
+    if full:
         with open(os.path.join(args.out, "quality.json"), "w") as f:
             json.dump(result, f, indent=2)
     else:  # a partial run keeps the full table's summary; its runs are in the runs file

@@ -250,7 +250,8 @@ class EM3Config:
     def first_stage(self) -> "EM3Config":
         """The first stage of a two-stage training: this config without semantic ids. Its
         trained content embeddings are what `semantic_id_source='em3'` quantizes."""
-        return self.replace(semantic_id_levels=0, semantic_id_source="aligned")
+        return self.replace(semantic_id_levels=0, semantic_id_source="aligned",
+                            use_item_id=True)
 
     def replace(self, **changes) -> "EM3Config":
         return dataclasses.replace(self, **changes)

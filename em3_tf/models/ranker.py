@@ -110,10 +110,11 @@ class EM3Ranker(tfrs.Model):
                                                      name="id_sequence_feedback")
         self.semantic_ids = None
         if config.semantic_id_levels:
-            if semantic_codes is None and config.semantic_id_source == "aligned":
-                raise ValueError("`semantic_id_source='aligned'` needs `semantic_codes` (from "
-                                 "the training interactions: `em3_tf.quantization.alignment."
-                                 "item_codes`; `build_ranker` computes them).")
+            if semantic_codes is None and config.semantic_id_source != "content":
+                raise ValueError(f"`semantic_id_source='{config.semantic_id_source}'` needs "
+                                 "`semantic_codes` (`em3_tf.quantization.alignment.item_codes`"
+                                 " from the training interactions or the first stage; "
+                                 "`build_ranker` computes them).")
             if semantic_codes is None:
                 semantic_codes = item_codes(catalog, config.semantic_id_levels,
                                             config.semantic_id_codebook, "content")

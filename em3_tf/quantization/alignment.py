@@ -33,8 +33,14 @@ def content_features(catalog: ItemCatalog) -> np.ndarray:
     for name in sorted(catalog.tokens):
         mask = catalog.masks[name][..., None].astype(np.float32)
         pooled = (catalog.tokens[name] * mask).sum(1) / np.maximum(mask.sum(1), 1.0)
-        parts.append(pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-6))
+        parts.append(_l2_normalised(pooled))
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _l2_normalised(x: np.ndarray) -> np.ndarray:
+    """`x [N, D]` with unit rows, in float32 (a zero row stays zero)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
 
 
 def co_engagement_pairs(split, max_back: int = 3) -> np.ndarray:
@@ -92,9 +98,7 @@ def trained_content_embeddings(catalog: ItemCatalog, content_model) -> np.ndarra
                          "content (the first stage, `EM3Config.first_stage`).")
     if not np.array_equal(content_model.content.catalog_item_ids, F.keys_of(catalog.item_ids)):
         raise ValueError("`content_model` was built on another catalog than `catalog`.")
-    embeddings = content_model.content.encode_all().numpy()[1:]  # row 0: the unknown item
-    norms = np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-6)
-    return (embeddings / norms).astype(np.float32)
+    return _l2_normalised(content_model.content.encode_all().numpy()[1:])  # row 0: unknown
 
 
 def item_representation(catalog: ItemCatalog, source: str = "content",

@@ -171,7 +171,8 @@ def backup_dir(fn_args, custom):
 
 def first_stage_backup(backup: Optional[str]) -> Optional[str]:
     """The backup of a two-stage training's first stage, beside the training's own, so that a
-    resumed run restores the same first model, hence the same codes."""
+    run killed in its second stage does not train the first again (the second stage's backup
+    holds the codes it trained with)."""
     return backup.rstrip("/") + "-first-stage" if backup else None
 
 
@@ -332,6 +333,7 @@ class TrainingSetup:
         keras.utils.set_random_seed(self.seed)
         model = compile_ranker(config, self.vocabularies, self.catalog, strategy,
                                self.total_steps, self.interactions(config), first)
+        del first  # its codes are in the model now
         fn_args, tft_output = self.fn_args, self.tft_output
         train = _dataset(fn_args, fn_args.train_files, tft_output, self.batch_size, self.seed,
                          repeat=True, workers=self.workers)
