@@ -15,7 +15,10 @@ def _model(data, preset="em3", **overrides):
         overrides.setdefault("history_retrieval_k", 5)
         overrides.setdefault("pq_centroids", 16)
     config = EM3Config.preset(preset, max_history_len=10, width=16, num_heads=2, **overrides)
-    return build_ranker(config, data)
+    first = None
+    if config.two_stage:  # codes of a first stage's content (untrained here: only the shape
+        first = build_ranker(config.first_stage(), data)  # of the pipeline is under test)
+    return build_ranker(config, data, first_stage=first)
 
 
 def _grad_names(model, loss_fn):
