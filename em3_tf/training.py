@@ -400,14 +400,19 @@ def evaluate(model: EM3Ranker, data: RankingData, split="test") -> Dict[str, flo
                           data.slices(split))
 
 
-def train_first_stage(config: EM3Config, data: RankingData, epochs=5, batch_size=256, seed=0,
-                      verbose=1, patience: Optional[int] = 1):
-    """`(model, report)` of `config.first_stage()` trained like `train_and_evaluate` (no
-    evaluation) when `config.two_stage`, else `(None, None)`."""
-    if not config.two_stage:
-        return None, None
-    return train_and_evaluate(config.first_stage(), data, epochs, batch_size, seed, verbose,
-                              patience, split=None)
+def build_seeded_ranker(config: EM3Config, data: RankingData, epochs=5, batch_size=256, seed=0,
+                        verbose=1, patience: Optional[int] = 1):
+    """`(model, first_report)`: `build_ranker` after seeding everything with `seed`. A
+    two-stage config (`config.two_stage`) first trains `config.first_stage()` like
+    `train_and_evaluate` (no evaluation), whose codes the model gets, and `first_report` is
+    that training's report (else None)."""
+    first, first_report = None, None
+    if config.two_stage:
+        first, first_report = train_and_evaluate(config.first_stage(), data, epochs, batch_size,
+                                                 seed, verbose, patience, split=None)
+    keras.utils.set_random_seed(seed)
+    model = build_ranker(config, data, epochs=epochs, batch_size=batch_size, first_stage=first)
+    return model, first_report  # the first model is dropped: its codes are in `model`
 
 
 def train_and_evaluate(config: EM3Config, data: RankingData, epochs=5, batch_size=256, seed=0,
@@ -421,11 +426,8 @@ def train_and_evaluate(config: EM3Config, data: RankingData, epochs=5, batch_siz
     A two-stage config (`config.two_stage`: semantic ids of the model's own trained content)
     first trains `config.first_stage()` the same way; the report's `train_seconds` counts both
     stages and `first_stage` holds the first one's summary."""
-    first, first_report = train_first_stage(config, data, epochs, batch_size, seed, verbose,
-                                            patience)
-    keras.utils.set_random_seed(seed)
-    model = build_ranker(config, data, epochs=epochs, batch_size=batch_size, first_stage=first)
-    del first  # its codes are in the model now
+    model, first_report = build_seeded_ranker(config, data, epochs, batch_size, seed, verbose,
+                                              patience)
     start = time.perf_counter()
     history = fit(model, data, epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose,
                   patience=patience, **fit_kwargs)

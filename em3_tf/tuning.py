@@ -73,15 +73,10 @@ def tune(base_config: EM3Config, data, max_trials=6, epochs=4, batch_size=256, s
          directory=None, project_name="em3", verbose=0) -> keras_tuner.HyperParameters:
     """Searches `base_config`'s variant on `data` (a `RankingData`; eval split only) and
     returns the best trial's hyper-parameters."""
-    from em3_tf.training import build_ranker, fit, train_first_stage
-    from em3_tf._tf import keras
+    from em3_tf.training import build_seeded_ranker, fit
 
     def train_fn(config):  # a two-stage config trains its first stage with the trial's values
-        first, _ = train_first_stage(config, data, epochs, batch_size, seed, verbose)
-        keras.utils.set_random_seed(seed)
-        model = build_ranker(config, data, epochs=epochs, batch_size=batch_size,
-                             first_stage=first)
-        del first
+        model, _ = build_seeded_ranker(config, data, epochs, batch_size, seed, verbose)
         return fit(model, data, epochs=epochs, batch_size=batch_size, seed=seed,
                    verbose=verbose)
 
