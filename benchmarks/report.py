@@ -208,9 +208,11 @@ def plot_cost_curves(results, path):
 
 
 def codes_markdown(result) -> str:
-    lines = ["| representation | codebook | collision rate | utilisation per level | "
-             "distinct code prefixes (1 / 2 / 3 levels) | "
-             "residual error after each level (relative) |", "|---|---|---|---|---|---|"]
+    lines = ([f"Machine: {result['machine']}; data: `{result['data']}`.", ""]
+             if "machine" in result else [])
+    lines += ["| representation | codebook | collision rate | utilisation per level | "
+              "distinct code prefixes (1 / 2 / 3 levels) | "
+              "residual error after each level (relative) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['source']} | {r['levels']} x {r['codebook_size']} | "
               f"{r['collision_rate']:.4f} | "
               + " / ".join(f"{u:.2f}" for u in r["utilisation"]) + " | "
