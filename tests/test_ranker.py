@@ -75,6 +75,43 @@ def test_dedupe_history_gives_the_same_content(small_data):
                                b._history_content(inputs[F.HISTORY], False).numpy(), atol=1e-5)
 
 
+def test_shared_fusion_gives_the_separate_branches_scores_loss_and_gradients(small_data):
+    """One Q-Former pass per distinct item for both branches (`share_fusion`) must be the
+    separate branches' forward and backward: a history gradient leaking into the base
+    weights, or a target losing its gradient, changes the gradients compared here. Modality
+    dropout is off: the shared pass gives an item one draw for both of its roles."""
+    rows = first_rows(small_data, "train", 48)
+    assert np.intersect1d(rows[F.ITEM_ID], rows[F.HISTORY]).size, "no item in both roles"
+    off = dict(modality_dropout=0.0, dropout=0.0, id_dropout=0.0)
+    shared, separate = (_model(small_data, "em3", share_fusion=s, **off) for s in (True, False))
+    assert shared._shares_fusion() and not separate._shares_fusion()
+    for model in (shared, separate):
+        model.compute_loss(rows, training=True)  # builds every layer, the CIC head included
+    for layer in shared.content.qformer.submodules:  # make the adapter non-trivial
+        if getattr(layer, "lora_b", None) is not None:
+            layer.lora_b.assign(tf.random.normal(layer.lora_b.shape, stddev=0.1))
+    separate.set_weights(shared.get_weights())
+    np.testing.assert_allclose(shared(rows).numpy(), separate(rows).numpy(), atol=1e-5)
+    results = []
+    for model in (shared, separate):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(rows, training=True)
+        grads = tape.gradient(loss, model.trainable_variables)
+        results.append((loss.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for variable, a, b in zip(shared.trainable_variables, results[0][1], results[1][1]):
+        # relative to the gradient's size: a leaked or lost term is of the same order
+        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b) + 1e-7, variable.name
+
+
+def test_shared_fusion_needs_the_output_scope(small_data):
+    model = _model(small_data, "em3", lora_scope="all", share_fusion=True)
+    assert not model._shares_fusion()  # the config is accepted; the model encodes apart
+    rows = tf.constant([1, 2])
+    with pytest.raises(ValueError, match="lora_scope='output'"):
+        model.content.encode_branches(rows, rows)
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_trains_and_predicts(small_data, preset):
     model = _model(small_data, preset, cic_num_negatives=4 if preset == "em3" else 0)

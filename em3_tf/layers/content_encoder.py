@@ -35,9 +35,12 @@ class ItemContentEncoder(keras.layers.Layer):
       rows: int `[n]` catalog rows (from `rows_of`).
       training: passed to the extractor (modality dropout).
       adapter: history branch: LoRA adapters over stop-gradient Q-Former weights.
+      history_rows: int `[m]` catalog rows for the history branch, encoded together with
+        `rows` as the target branch (see `encode_branches`).
 
     Returns:
-      `[n, output_dim]` content embeddings.
+      `[n, output_dim]` content embeddings; with `history_rows`, `(target [n, output_dim],
+      history [m, output_dim])`.
 
     Example:
     >>> encoder = ItemContentEncoder(catalog, kind="qformer", output_dim=32)
@@ -93,13 +96,54 @@ class ItemContentEncoder(keras.layers.Layer):
         shape; 0 for ids not in the catalog."""
         return tf.cast(self.lookup(item_ids), tf.int32)
 
-    def call(self, rows, training=None, adapter=False):
+    def call(self, rows, training=None, adapter=False, history_rows=None):
+        if history_rows is not None:
+            return self.encode_branches(rows, history_rows, training)
         if self.kind == "qformer":
-            tokens = {n: tf.gather(v, rows) for n, v in self.tokens.items()}
-            masks = {n: tf.gather(v, rows) for n, v in self.masks.items()}
-            return self.qformer(tokens, masks, training=training, adapter=adapter)[1]
+            return self.qformer(*self._gathered(rows), training=training, adapter=adapter)[1]
         pooled = tf.gather(self.pooled, rows)
         return self.mlp(pooled)
+
+    @property
+    def shares_fusion(self) -> bool:
+        """Whether the two branches differ only in the Q-Former's output projection (see
+        `FusionQFormer.shares_fusion`), so that `encode_branches` can fuse each item once."""
+        return self.kind == "qformer" and self.qformer.shares_fusion
+
+    def encode_branches(self, target_rows, history_rows, training=None):
+        """`(target [n_t, output_dim], history [n_h, output_dim])`: the target branch's
+        embeddings of `target_rows [n_t]` and the history (adapter) branch's of
+        `history_rows [n_h]`, with the Q-Former's fusion run once per distinct row.
+
+        The distinct target rows are fused with gradients; the other distinct rows
+        stop-gradient. The history branch applies the adapted output projection to the
+        stop-gradient fusion of every row it reads, so an item that is both a candidate and a
+        history entry is fused once, and its history embedding still trains only the adapter.
+        Distinct targets are fused once, so repeated candidates (and an item in both roles)
+        share one modality-dropout draw in training. Needs `shares_fusion` (a Q-Former with
+        `lora_scope="output"`).
+        """
+        if not self.shares_fusion:
+            scope = self.qformer.lora_scope if self.kind == "qformer" else None
+            raise ValueError("encode_branches needs a Q-Former encoder with "
+                             f"lora_scope='output', got kind={self.kind!r}, "
+                             f"lora_scope={scope!r}.")
+        rows, index = tf.unique(tf.concat([target_rows, history_rows], axis=0))
+        # tf.unique keeps first occurrences in order: the distinct targets come first
+        num_targets = tf.size(tf.unique(target_rows)[0])
+        fused_targets, targets = self.qformer(*self._gathered(rows[:num_targets]),
+                                              training=training)
+        fused_rest = self.qformer.fuse(*self._gathered(rows[num_targets:]), training=training,
+                                       adapter=True)
+        fused = tf.stop_gradient(tf.concat([fused_targets, fused_rest], axis=0))
+        history = self.qformer.project(fused, training=training, adapter=True)
+        split = tf.size(target_rows)
+        return tf.gather(targets, index[:split]), tf.gather(history, index[split:])
+
+    def _gathered(self, rows):
+        """The Q-Former's `(tokens, masks)` of catalog `rows`."""
+        return ({n: tf.gather(v, rows) for n, v in self.tokens.items()},
+                {n: tf.gather(v, rows) for n, v in self.masks.items()})
 
     def encode_tokens(self, tokens, masks, adapter=False):
         """Content embeddings `[n, output_dim]` (inference) of items given by their raw token

@@ -240,11 +240,23 @@ class FusionQFormer(keras.layers.Layer):
                 raise ValueError(f"Modality '{name}' mask must have shape [batch, tokens], "
                                  f"got {masks[name].shape}.")
 
+    @property
+    def shares_fusion(self) -> bool:
+        """Whether the adapted (history) branch differs from the target branch only in the
+        output projection (`lora_scope="output"`): `fuse` then gives both branches the same
+        values, and one pass per item can serve both (see `project`)."""
+        return self.lora_scope == "output"
+
     def call(self, tokens, masks, training=None, adapter=False):
+        adapter = _adapter_mode(adapter, training)
+        queries = self.fuse(tokens, masks, training=training, adapter=adapter)
+        return queries, self.project(queries, adapter=adapter)
+
+    def fuse(self, tokens, masks, training=None, adapter=False):
+        """Everything before the output projection: the normalised query outputs
+        `[B, num_queries, width]`. Arguments as in `call` (the layer must be built)."""
         self._check(tokens, masks)
-        if adapter and training is False:
-            adapter = "merged"  # inference: each adapter folded into its base kernel
-        a = dict(adapter=adapter)
+        a = dict(adapter=_adapter_mode(adapter, training))
         parts, part_masks = [], []
         for index, name in enumerate(self.modality_dims):
             if name not in tokens:
@@ -255,21 +267,26 @@ class FusionQFormer(keras.layers.Layer):
                 mask = tf.logical_and(mask, keep[:, None])
             x = self.projections[name](tf.cast(tokens[name], self.compute_dtype), **a)
             embedding = self.modality_embeddings[index]
-            if adapter:
+            if a["adapter"]:
                 embedding = tf.stop_gradient(embedding)
             parts.append(x + tf.cast(embedding, x.dtype))
             part_masks.append(mask)
         token_seq = self.token_norm(tf.concat(parts, axis=1), **a)
         token_mask = tf.concat(part_masks, axis=1)
         batch = tf.shape(token_seq)[0]
-        queries = tf.stop_gradient(self.queries) if adapter else self.queries
+        queries = tf.stop_gradient(self.queries) if a["adapter"] else self.queries
         q = tf.tile(tf.cast(queries, token_seq.dtype)[None], [batch, 1, 1])
         for i, block in enumerate(self.blocks):
             q, token_seq = block(q, token_seq, token_mask,
                                  queries_only=i == self.num_layers - 1, **a)
-        q = self.output_norm(q, **a)
-        flat = tf.reshape(q, [batch, self.num_queries * self.width])
-        return q, self.output_projection(flat, **a)
+        return self.output_norm(q, **a)
+
+    def project(self, queries, training=None, adapter=False):
+        """The content embedding `[B, output_dim]` of `fuse`'s query outputs `[B,
+        num_queries, width]`: the output projection, with its adapter when `adapter`."""
+        batch = tf.shape(queries)[0]
+        flat = tf.reshape(queries, [batch, self.num_queries * self.width])
+        return self.output_projection(flat, adapter=_adapter_mode(adapter, training))
 
     def adapter_variables(self):
         """The LoRA `A`, `B` variables of every projection (what the history branch trains)."""
@@ -285,3 +302,9 @@ class FusionQFormer(keras.layers.Layer):
             lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, lora_scope=self.lora_scope,
             seed=self.seed)
         return config
+
+
+def _adapter_mode(adapter, training):
+    """At inference (`training=False`) an adapted branch runs each projection with its
+    adapter merged into the base kernel (one matmul); otherwise `adapter` as given."""
+    return "merged" if adapter and training is False else adapter

@@ -203,6 +203,22 @@ class EM3Ranker(tfrs.Model):
             return self.content(self.content.rows_of(ids), training=training)
         return self._history_content(ids, training)
 
+    def _shares_fusion(self):
+        """Whether candidates and history items share one Q-Former pass (`share_fusion`)."""
+        c = self.config
+        return (c.share_fusion and c.dedupe_history and c.history_content == "lora"
+                and self.retrieval is None and self.content.shares_fusion)
+
+    def _content_of_both(self, item_ids, history, training):
+        """Target `[B, content_dim]` and history-branch `[..., L, content_dim]` content
+        embeddings from one fusion pass per distinct item
+        (`ItemContentEncoder.encode_branches`)."""
+        rows = self.content.rows_of(history)
+        target, entries = self.content(self.content.rows_of(item_ids), training=training,
+                                       history_rows=tf.reshape(rows, [-1]))
+        return target, tf.reshape(entries,
+                                  tf.concat([tf.shape(rows), [self.config.content_dim]], 0))
+
     def _forward(self, inputs, training, table: Optional[ContentTable] = None,
                  user_index=None):
         """Returns `(logits [B], parts)`, parts holding what the CIC loss needs; with a
@@ -234,15 +250,21 @@ class EM3Ranker(tfrs.Model):
             tower.append(self.id_attention(item_emb, history_ids, mask, user_index))
         content = None
         if self.content is not None:
-            content = self._content_of(inputs[F.ITEM_ID], "target", table, training)
+            shared = table is None and self._shares_fusion()
+            if shared:
+                content, history_content = self._content_of_both(inputs[F.ITEM_ID], history,
+                                                                 training)
+            else:
+                content = self._content_of(inputs[F.ITEM_ID], "target", table, training)
             tower.append(content)
             if self.config.history_content != "none" and self.retrieval is not None:
                 tower.append(self._retrieved_interest(content, inputs, table, training,
                                                       per_candidate))
             elif self.config.history_content != "none":
-                history_content = self._with_feedback(
-                    "content_feedback", self._content_of(history, "history", table, training),
-                    inputs)
+                if not shared:
+                    history_content = self._content_of(history, "history", table, training)
+                history_content = self._with_feedback("content_feedback", history_content,
+                                                      inputs)
                 tower.append(self.content_attention(content, history_content, mask,
                                                     user_index))
         x0 = tf.concat([tf.cast(t, self.compute_dtype) for t in tower], axis=-1)
