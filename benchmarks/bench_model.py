@@ -6,6 +6,9 @@
    its own process) on MovieLens-100K's temporal training split (batch 256, history 50,
    tuned hyper-parameters): the ID-only baselines, frozen content, EM3 without its cost
    levers (`em3_full_cost`), each lever alone, EM3, and EM3 without item de-duplication.
+   The variants run round-robin `--rounds` times (so that a slow spell of a shared machine
+   hits every variant alike); each row reports the median examples/s, and its ratio to the
+   ID-only DCN is the median over rounds of the ratio within the round, with its range.
 2. The history branch alone (history content encoding + content-interest attention, forward,
    backward and Adam update) for history lengths 50, 200, 1000 and 2000: LoRA (only adapters train,
    base weights stop-gradient) vs full training vs frozen cache; median step time, peak
@@ -57,8 +60,10 @@ THROUGHPUT_VARIANTS = (
      dict(token_dim=64, max_tokens=8)),
     ("em3_full_cost + LoRA in the output projection only", "em3_full_cost",
      dict(lora_scope="output")),
-    ("EM3 (both levers)", "em3", {}),
-    ("EM3 without item de-duplication", "em3", dict(dedupe_history=False)),
+    ("both levers (em3 without shared fusion)", "em3", dict(share_fusion=False)),
+    ("EM3 (both levers + shared fusion)", "em3", {}),
+    ("EM3 without item de-duplication (so without shared fusion)", "em3",
+     dict(dedupe_history=False)),
 )
 
 
@@ -84,6 +89,29 @@ def throughput(data_dir, index, steps, batch_size=256):
     return {"variant": label, "preset": preset, "overrides": overrides, "steps": steps,
             "batch_size": batch_size,
             "examples_per_second": round(steps * batch_size / seconds, 1)}
+
+
+def throughput_rounds(data_dir, steps, rounds):
+    """Every throughput variant, round-robin `rounds` times, each run in its own process;
+    rows with the median examples/s and the per-round ratios to the ID-only DCN (the first
+    variant)."""
+    runs = [[] for _ in THROUGHPUT_VARIANTS]
+    for round_ in range(rounds):
+        for index, (label, _, _) in enumerate(THROUGHPUT_VARIANTS):
+            runs[index].append(_child("throughput", [data_dir, index, steps]))
+            print(f"throughput round {round_ + 1}/{rounds}: {label}: "
+                  f"{runs[index][-1]['examples_per_second']} examples/s", flush=True)
+    reference = [run["examples_per_second"] for run in runs[0]]
+    rows = []
+    for variant_runs in runs:
+        speeds = [run["examples_per_second"] for run in variant_runs]
+        ratios = [round(a / b, 3) for a, b in zip(speeds, reference)]
+        rows.append({**variant_runs[0], "rounds": rounds,
+                     "examples_per_second": round(statistics.median(speeds), 1),
+                     "per_round_examples_per_second": speeds,
+                     "ratio_to_id_dcn": round(statistics.median(ratios), 3),
+                     "per_round_ratio_to_id_dcn": ratios})
+    return rows
 
 
 def history_branch(mode, length, steps, batch_size=16):
@@ -179,9 +207,14 @@ def main(argv=None):
     parser.add_argument("--data", default="artifacts/ml-100k")
     parser.add_argument("--out", default="benchmarks/results/model.json")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="round-robin repetitions of the throughput variants "
+                             "(--quick: 1)")
     parser.add_argument("--only", choices=["throughput", "history", "retrieval"],
                         help="run one part and update only its entry in --out")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.child:
         kind, *rest = args.child
         result = (throughput(rest[0], int(rest[1]), int(rest[2])) if kind == "throughput"
@@ -199,12 +232,8 @@ def main(argv=None):
         with open(args.out) as f:
             results = {**results, **json.load(f), "machine": machine()}
     if args.only in (None, "throughput"):
-        results["throughput"] = []
-        for index, (label, _, _) in enumerate(THROUGHPUT_VARIANTS):
-            print(f"throughput: {label} ...", flush=True)
-            results["throughput"].append(_child("throughput", [args.data, index, steps]))
-            print(f"   {results['throughput'][-1]['examples_per_second']} examples/s",
-                  flush=True)
+        results["throughput"] = throughput_rounds(args.data, steps,
+                                                  1 if args.quick else args.rounds)
     for part, lengths, modes in (("history", HISTORY_LENGTHS, MODES),
                                  ("retrieval", RETRIEVAL_LENGTHS, RETRIEVAL_MODES)):
         if args.only not in (None, part):
