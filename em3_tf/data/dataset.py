@@ -47,14 +47,21 @@ class RankingData:
 
     def dataset(self, split: str, batch_size: int = 256, shuffle: bool = False, seed: int = 0,
                 with_label: bool = True) -> tf.data.Dataset:
-        """A batched `tf.data.Dataset` of feature dicts for `model.fit` / `model.predict`."""
+        """A batched `tf.data.Dataset` of feature dicts for `model.fit` / `model.predict`.
+
+        Shuffles and batches row indices, then gathers each batch's rows at once: the same
+        batches as shuffling and batching the examples one by one (`shuffle` permutes
+        elements the same way whatever they hold), at a fraction of the input cost."""
         features = self.model_features(split)
         if not with_label:
             features.pop(F.LABEL)
-        ds = tf.data.Dataset.from_tensor_slices(features)
+        columns = {name: tf.constant(value) for name, value in features.items()}
+        ds = tf.data.Dataset.range(len(features[F.ITEM_ID]))
         if shuffle:
             ds = ds.shuffle(len(features[F.ITEM_ID]), seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size).map(
+            lambda rows: {name: tf.gather(value, rows) for name, value in columns.items()})
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     def slices(self, split: str) -> Dict[str, np.ndarray]:
         """Boolean row masks of the reported slices: cold / warm items, new / returning users."""
