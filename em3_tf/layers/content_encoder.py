@@ -129,15 +129,15 @@ class ItemContentEncoder(keras.layers.Layer):
                              f"lora_scope='output', got kind={self.kind!r}, "
                              f"lora_scope={scope!r}.")
         rows, index = tf.unique(tf.concat([target_rows, history_rows], axis=0))
-        # tf.unique keeps first occurrences in order: the distinct targets come first
-        num_targets = tf.size(tf.unique(target_rows)[0])
+        split = tf.size(target_rows)
+        # tf.unique numbers first occurrences in order: the distinct targets are 0 .. k - 1
+        num_targets = tf.reduce_max(tf.concat([index[:split], [-1]], axis=0)) + 1
         fused_targets, targets = self.qformer(*self._gathered(rows[:num_targets]),
                                               training=training)
         fused_rest = self.qformer.fuse(*self._gathered(rows[num_targets:]), training=training,
                                        adapter=True)
         fused = tf.stop_gradient(tf.concat([fused_targets, fused_rest], axis=0))
         history = self.qformer.project(fused, training=training, adapter=True)
-        split = tf.size(target_rows)
         return tf.gather(targets, index[:split]), tf.gather(history, index[split:])
 
     def _gathered(self, rows):
