@@ -192,6 +192,11 @@ class EM3Ranker(tfrs.Model):
             embeddings = tf.gather(self.content(unique, training=training, adapter=adapter), index)
         else:
             embeddings = self.content(flat, training=training, adapter=adapter)
+        return self._per_entry(embeddings, rows)
+
+    def _per_entry(self, embeddings, rows):
+        """`embeddings [n, content_dim]` of the entries of `rows` (any shape, `n` entries in
+        all), reshaped to `rows`' shape plus `[content_dim]`."""
         return tf.reshape(embeddings, tf.concat([tf.shape(rows), [self.config.content_dim]], 0))
 
     def _content_of(self, ids, branch, table, training):
@@ -209,15 +214,21 @@ class EM3Ranker(tfrs.Model):
         return (c.share_fusion and c.dedupe_history and c.history_content == "lora"
                 and self.retrieval is None and self.content.shares_fusion)
 
-    def _content_of_both(self, item_ids, history, training):
-        """Target `[B, content_dim]` and history-branch `[..., L, content_dim]` content
-        embeddings from one fusion pass per distinct item
-        (`ItemContentEncoder.encode_branches`)."""
-        rows = self.content.rows_of(history)
-        target, entries = self.content(self.content.rows_of(item_ids), training=training,
-                                       history_rows=tf.reshape(rows, [-1]))
-        return target, tf.reshape(entries,
-                                  tf.concat([tf.shape(rows), [self.config.content_dim]], 0))
+    def _item_content(self, item_ids, history, table, training):
+        """`(target [B, content_dim], history [..., L, content_dim] or None)`: the candidates'
+        content embeddings and, for the content attention over the whole history, the
+        history branch's (None without a history branch, or with retrieval, which encodes
+        only the entries it keeps). With `share_fusion` (and no `table`), both come from one
+        fusion pass per distinct item (`ItemContentEncoder.encode_branches`)."""
+        if table is None and self._shares_fusion():
+            rows = self.content.rows_of(history)
+            target, entries = self.content(self.content.rows_of(item_ids), training=training,
+                                           history_rows=tf.reshape(rows, [-1]))
+            return target, self._per_entry(entries, rows)
+        target = self._content_of(item_ids, "target", table, training)
+        if self.config.history_content == "none" or self.retrieval is not None:
+            return target, None
+        return target, self._content_of(history, "history", table, training)
 
     def _forward(self, inputs, training, table: Optional[ContentTable] = None,
                  user_index=None):
@@ -250,23 +261,17 @@ class EM3Ranker(tfrs.Model):
             tower.append(self.id_attention(item_emb, history_ids, mask, user_index))
         content = None
         if self.content is not None:
-            shared = table is None and self._shares_fusion()
-            if shared:
-                content, history_content = self._content_of_both(inputs[F.ITEM_ID], history,
-                                                                 training)
-            else:
-                content = self._content_of(inputs[F.ITEM_ID], "target", table, training)
+            content, history_content = self._item_content(inputs[F.ITEM_ID], history, table,
+                                                          training)
             tower.append(content)
-            if self.config.history_content != "none" and self.retrieval is not None:
-                tower.append(self._retrieved_interest(content, inputs, table, training,
-                                                      per_candidate))
-            elif self.config.history_content != "none":
-                if not shared:
-                    history_content = self._content_of(history, "history", table, training)
+            if history_content is not None:
                 history_content = self._with_feedback("content_feedback", history_content,
                                                       inputs)
                 tower.append(self.content_attention(content, history_content, mask,
                                                     user_index))
+            elif self.retrieval is not None:
+                tower.append(self._retrieved_interest(content, inputs, table, training,
+                                                      per_candidate))
         x0 = tf.concat([tf.cast(t, self.compute_dtype) for t in tower], axis=-1)
         x = x0
         for cross in self.cross_layers:
