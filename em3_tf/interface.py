@@ -92,13 +92,13 @@ def example(features: Dict[str, Iterable]) -> bytes:
     p = protos.load()
     message = p.example_pb2.Example()
     for name, values in features.items():
-        strings = np.asarray(values).dtype.kind in "USO"  # an empty string list stays bytes
-        values = list(values)
-        if strings or (values and isinstance(values[0], (str, bytes))):
+        values = np.asarray(values)
+        if values.dtype.kind in "USO":  # strings; an empty string array stays bytes
             message.features.feature[name].bytes_list.value.extend(
-                v.encode() if isinstance(v, str) else v for v in values)
+                v.encode() if isinstance(v, str) else v for v in values.tolist())
         else:
-            message.features.feature[name].int64_list.value.extend(int(v) for v in values)
+            message.features.feature[name].int64_list.value.extend(
+                values.astype(np.int64).tolist())
     return message.SerializeToString()
 
 
@@ -137,6 +137,17 @@ def to_examples(features: Dict) -> list:
             raise FeatureError(f"Feature '{name}' must hold one {'id' if ids else 'integer'} "
                                f"per example, got {value.dtype} of shape {value.shape}.")
         columns[name] = value[:, 0]
-    return [example({**{n: [v[row]] for n, v in columns.items()},
-                     **{n: v[row][valid[row]] for n, v in sequences.items()}})
+    # Features equal in every row (a request's user side) are serialized once: serialized
+    # protobuf messages concatenated parse as their merge, so each row is the shared bytes
+    # followed by its own features.
+    if not len(history):
+        return []
+    same = (valid == valid[:1]).all()
+    shared = {n: v[0][valid[0]] for n, v in sequences.items() if same and (v == v[:1]).all()}
+    shared.update({n: v[:1] for n, v in columns.items() if (v == v[:1]).all()})
+    head = example(shared)
+    return [head + example({**{n: v[row:row + 1] for n, v in columns.items()
+                               if n not in shared},
+                            **{n: v[row][valid[row]] for n, v in sequences.items()
+                               if n not in shared}})
             for row in range(len(history))]

@@ -54,3 +54,43 @@ def test_string_tensor_proto_equals_tensorflows():
     assert list(protos.to_ndarray(ours)) == values
     with pytest.raises(ValueError, match="unsupported TensorProto dtype DT_HALF"):
         protos.to_ndarray(tf.make_tensor_proto(np.ones(2, np.float16)))
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_to_examples_shares_the_users_side_and_parses_to_each_rows_features(string_ids):
+    """`to_examples` serializes the features every row shares once (concatenated messages
+    parse as their merge): each row must still parse, in TensorFlow's parser and in
+    Python's, to exactly its own features, including rows that differ in a column that is
+    shared elsewhere and a row whose history is shorter."""
+    from em3_tf import features as F
+    ids = (lambda xs: [f"i{x}" for x in xs]) if string_ids else (lambda xs: list(xs))
+    pad = F.PAD_STRING if string_ids else F.PAD_ID
+    rows = {F.USER_ID: np.array(ids([3, 3, 3, 4]), object if string_ids else np.int64),
+            F.ITEM_ID: np.array(ids([7, 8, 9, 7]), object if string_ids else np.int64),
+            F.USER_COUNT: np.array([2, 2, 2, 1]), F.USER_POSITIVES: np.array([1, 1, 1, 0]),
+            F.HISTORY: np.array([ids([5, 6])] * 3 + [ids([5]) + [pad]],
+                                object if string_ids else np.int64),
+            F.HISTORY_LABELS: np.array([[1, 0]] * 3 + [[1, -1]]),
+            F.HISTORY_RATINGS: np.array([[4, 2]] * 3 + [[4, -1]]),
+            F.HISTORY_SECONDS: np.array([[10, 20]] * 3 + [[10, -1]])}
+    for same_user in (slice(0, 3), slice(0, 4)):  # all rows share the user's side, or not
+        part = {k: v[same_user] for k, v in rows.items()}
+        serialized = F.to_examples(part)
+        for row, record in enumerate(serialized):
+            expected = tf.train.Example()
+            for name, values in part.items():
+                values = np.atleast_1d(values[row])
+                values = values[values != (pad if name == F.HISTORY else -1)] \
+                    if name in F.SEQUENCES else values
+                feature = expected.features.feature[name]
+                if values.dtype.kind in "OU":
+                    feature.bytes_list.value.extend(v.encode() for v in values)
+                else:
+                    feature.int64_list.value.extend(int(v) for v in values)
+            assert tf.train.Example.FromString(record) == expected, (same_user, row)
+        spec = F.example_spec(with_label=False, string_ids=string_ids)
+        parsed = tf.io.parse_example(tf.constant(serialized), spec)
+        np.testing.assert_array_equal(parsed[F.ITEM_ID].numpy().astype(str),
+                                      np.asarray(part[F.ITEM_ID]).astype(str))
+        assert parsed[F.HISTORY].row_lengths().numpy().tolist() == \
+            [2] * 3 + [1] * (len(serialized) - 3)
