@@ -146,8 +146,8 @@ def to_examples(features: Dict) -> list:
     shared = {n: v[0][valid[0]] for n, v in sequences.items() if same and (v == v[:1]).all()}
     shared.update({n: v[:1] for n, v in columns.items() if (v == v[:1]).all()})
     head = example(shared)
-    return [head + example({**{n: v[row:row + 1] for n, v in columns.items()
-                               if n not in shared},
-                            **{n: v[row][valid[row]] for n, v in sequences.items()
-                               if n not in shared}})
+    own_columns = {n: v for n, v in columns.items() if n not in shared}
+    own_sequences = {n: v for n, v in sequences.items() if n not in shared}
+    return [head + example({**{n: v[row:row + 1] for n, v in own_columns.items()},
+                            **{n: v[row][valid[row]] for n, v in own_sequences.items()}})
             for row in range(len(history))]
