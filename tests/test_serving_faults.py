@@ -286,8 +286,20 @@ def test_retired_versions_stop_their_threads(versions, server):
     assert counts[-1] <= counts[0], counts  # 2 versions loaded each time, no leftovers
 
 
+def test_batching_file_fields_left_out_take_tf_serving_defaults(tmp_path):
+    """As in TF Serving, a field the batching parameters file leaves out takes TF's batch
+    scheduler default (QueueOptions: 1000 examples, no window, 10 enqueued batches; one
+    batch thread per core); unknown fields are ignored."""
+    path = tmp_path / "batching.txt"
+    path.write_text("max_batch_size { value: 64 }\npad_variable_length_inputs: true\n")
+    parameters = BatchingParameters.from_file(str(path))
+    assert (parameters.max_batch_size, parameters.batch_timeout_micros,
+            parameters.max_enqueued_batches, parameters.num_batch_threads) == (
+        64, 0, 10, os.cpu_count() or 1)
+
+
 def test_batcher_queue_limit_and_deadline():
-    """Batches of 2 examples, at most 2 queued: a request that waits past its deadline is
+    """One batch thread, batches of 2 examples, at most 2 queued: a request that waits past its deadline is
     taken out of the queue (DEADLINE_EXCEEDED), a full queue answers UNAVAILABLE, an
     oversized request INVALID_ARGUMENT, and every accepted request gets its result."""
     release, entered = threading.Event(), threading.Event()
@@ -298,7 +310,7 @@ def test_batcher_queue_limit_and_deadline():
         return {"y": inputs["x"] * 2}
 
     batcher = Batcher(slow, BatchingParameters(max_batch_size=2, batch_timeout_micros=0,
-                                               max_enqueued_batches=2))
+                                               max_enqueued_batches=2, num_batch_threads=1))
     results, threads = [], []
 
     def submit():

@@ -16,6 +16,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import math
+import os
 import re
 import threading
 import time
@@ -29,12 +30,15 @@ from serving.stand_in.status import ServingError, invalid
 
 @dataclasses.dataclass(frozen=True)
 class BatchingParameters:
-    """TF Serving's batching parameters (the fields of its text-proto file that apply here)."""
+    """TF Serving's batching parameters (the fields of its text-proto file that apply here).
 
-    max_batch_size: int = 256
-    batch_timeout_micros: int = 2000
-    max_enqueued_batches: int = 64
-    num_batch_threads: int = 1
+    A field the file leaves out takes TF's batch scheduler default, as in TF Serving: 1000
+    examples per batch, no batch window, 10 enqueued batches, one batch thread per core."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
