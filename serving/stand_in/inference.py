@@ -11,6 +11,7 @@ from typing import Dict, Optional
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (classification_pb2, inference_pb2, model_pb2,
                                      predict_pb2, regression_pb2)
 
@@ -71,8 +72,19 @@ def predict(servable, request: predict_pb2.PredictRequest,
     outputs = servable.run(key, inputs, deadline)
     response = predict_pb2.PredictResponse(model_spec=model_spec(servable, key))
     for alias in wanted:
-        response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias]))
+        response.outputs[alias].CopyFrom(_tensor_proto(outputs[alias]))
     return response
+
+
+def _tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """`tf.make_tensor_proto(array)`; a numeric or bool array goes into `tensor_content`
+    directly (TF's own copies bool element by element: 0.2 ms for a 100-candidate response)."""
+    if array.dtype.kind not in "biuf":
+        return tf.make_tensor_proto(array)
+    proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(array.dtype).as_datatype_enum,
+                                   tensor_content=np.ascontiguousarray(array).tobytes())
+    proto.tensor_shape.CopyFrom(tf.TensorShape(array.shape).as_proto())
+    return proto
 
 
 def serialized_examples(model_input) -> np.ndarray:
