@@ -106,29 +106,31 @@ def main(argv=None):
     from em3_tf import features as F
     from em3_tf.data import records
     from serving.demo import pick_request
+    from serving.stand_in.batching import BatchingParameters
 
     if not os.path.exists(os.path.join(args.data, "summary.json")):
         from em3_tf.data import build
         build.main(["--out", args.data])
     server, base = None, tempfile.mkdtemp(prefix="em3-serving-bench-")
     target = args.target
+    batching = BatchingParameters.from_file(os.path.join("serving", "batching_parameters.txt"))
     if target is None:
         from serving.local_server import serve
-        from serving.stand_in.batching import BatchingParameters
         from tensorflow_serving.config import model_server_config_pb2
         export_models(args.data, base)
         config = model_server_config_pb2.ModelServerConfig()
         for name in MODELS:
             config.model_config_list.config.add(name=name, base_path=os.path.join(base, name),
                                                 model_platform="tensorflow")
-        server = serve(config, port=0, batching=BatchingParameters.from_file(
-            os.path.join("serving", "batching_parameters.txt")))
+        server = serve(config, port=0, batching=batching)
         target = f"127.0.0.1:{server.port}"
     # The test split's cold items are unknown to the ID-only model (scored as its OOV item,
     # on purpose): the client's per-request UnknownItemWarning would be timed with it.
     from serving.client import UnknownItemWarning
     warnings.simplefilter("ignore", UnknownItemWarning)
-    user, _ = pick_request(args.data)
+    # A user with a full history (the data's longest): what a long-history request costs,
+    # and the same request whichever user a rebuilt data set would put first.
+    user, _ = pick_request(args.data, min_history=None)
     test = records.read_split(args.data, "item_cold", "test")
     items = np.unique(test[F.ITEM_ID])
     rows = []
@@ -147,8 +149,11 @@ def main(argv=None):
         if server is not None:
             server.stop(0)
     result = {"machine": machine(),
-              "server": "serving.local_server (stand-in), batching max 512 / 2 ms, loopback"
+              "server": (f"serving.local_server (stand-in), batching max "
+                         f"{batching.max_batch_size} / {batching.batch_timeout_micros} us window "
+                         f"/ {batching.num_batch_threads} threads, loopback")
               if args.target is None else f"external server at {args.target}",
+              "history_entries": len(user[F.HISTORY]),
               "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -132,7 +132,9 @@ def model_markdown(results) -> str:
 
 
 def serving_markdown(result) -> str:
-    lines = [f"Machine: {result['machine']}; server: {result['server']}", "",
+    request = (f"; requests: one user with {result['history_entries']} history entries"
+               if "history_entries" in result else "")
+    lines = [f"Machine: {result['machine']}; server: {result['server']}{request}", "",
              "| model | request format | candidates / request | concurrency | p50 ms | p99 ms | "
              "requests/s | candidates/s | errors |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {LABELS.get(r['model'], r['model'])} | {r.get('format', 'flat')} | "

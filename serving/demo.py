@@ -22,13 +22,16 @@ from em3_tf.data import records  # noqa: E402
 from serving.client import EM3Client  # noqa: E402
 
 
-def pick_request(data_dir, protocol="item_cold", seed=0, per_kind=5):
-    """A test user (with history and context) and warm + cold candidates."""
+def pick_request(data_dir, protocol="item_cold", seed=0, per_kind=5, min_history=10):
+    """A test user with at least `min_history` history entries (`None`: a full history, the
+    data's longest), with context, and warm + cold candidates."""
     context = records.read_metadata(data_dir, protocol)["context_features"]
     test = records.read_split(data_dir, protocol, "test")
     rng = np.random.default_rng(seed)
     padded = test[F.HISTORY] == F.padding_of(test[F.HISTORY])
-    rows = np.flatnonzero((~padded).sum(1) >= 10)
+    if min_history is None:
+        min_history = padded.shape[1]
+    rows = np.flatnonzero((~padded).sum(1) >= min_history)
     row = int(rng.choice(rows))
     valid = ~padded[row]
     user = {F.USER_ID: test[F.USER_ID][row].item()}  # ids: int or str, as the data has them
