@@ -2,8 +2,8 @@
 
     .venv/bin/python -m benchmarks.bench_serving [--out benchmarks/results/serving.json]
 
-Trains EM3 and the ID-only DCN baseline for one epoch on MovieLens-100K (item_cold split) and
-exports them under a temporary base directory: EM3 twice, with the export-time content table
+Trains EM3 and the ID-only DCN and DIN baselines for one epoch on MovieLens-100K (item_cold
+split) and exports them under a temporary base directory: EM3 twice, with the export-time content table
 (`em3`, the default export) and without it (`em3_live`: the Fusion-Q-Former runs over the
 candidates and the history on every request, as exports did before). Serves them with the
 local stand-in server (`serving.local_server`, `serving/batching_parameters.txt`) on loopback
@@ -12,7 +12,9 @@ candidates per request, from 1 or 8 concurrent clients, in both request formats 
 full tf.Example per candidate; `context`: one ExampleListWithContext), for a bounded number of
 requests. Reports p50 / p99 latency (ms), requests/s and candidates/s, all from one run. Run
 `--target HOST:PORT` to measure a real TF Serving instead (serving models named `em3`,
-`em3_live` and `id_dcn`).
+`em3_live`, `id_dcn` and `id_din`). The ID-only DIN has one target attention over the
+history (EM3 has two, the ID-only DCN none): the targets compare EM3 with the DCN, and the
+DIN shows how much of that gap any history attention costs.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import numpy as np
 
 from benchmarks import machine
 
-MODELS = ("em3", "em3_live", "id_dcn")
+MODELS = ("em3", "em3_live", "id_dcn", "id_din")
 CANDIDATES = (1, 10, 100)
 CONCURRENCY = (1, 8)
 FORMATS = ("flat", "context")
@@ -42,7 +44,7 @@ def export_models(data_dir, base):
     from em3_tf.training import build_ranker, fit
 
     data = load_dataset(data_dir, "item_cold")
-    for preset in ("em3", "id_dcn"):
+    for preset in ("em3", "id_dcn", "id_din"):
         tf.keras.utils.set_random_seed(0)
         model = build_ranker(EM3Config.preset(preset, context_features=data.context_features),
                              data)
@@ -106,30 +108,34 @@ def main(argv=None):
     from em3_tf import features as F
     from em3_tf.data import records
     from serving.demo import pick_request
-    from serving.stand_in.batching import BatchingParameters
 
     if not os.path.exists(os.path.join(args.data, "summary.json")):
         from em3_tf.data import build
         build.main(["--out", args.data])
     server, base = None, tempfile.mkdtemp(prefix="em3-serving-bench-")
-    target = args.target
-    batching = BatchingParameters.from_file(os.path.join("serving", "batching_parameters.txt"))
+    target, described = args.target, f"external server at {args.target}"
     if target is None:
         from serving.local_server import serve
+        from serving.stand_in.batching import BatchingParameters
         from tensorflow_serving.config import model_server_config_pb2
         export_models(args.data, base)
         config = model_server_config_pb2.ModelServerConfig()
         for name in MODELS:
             config.model_config_list.config.add(name=name, base_path=os.path.join(base, name),
                                                 model_platform="tensorflow")
+        batching = BatchingParameters.from_file(
+            os.path.join("serving", "batching_parameters.txt"))
         server = serve(config, port=0, batching=batching)
+        described = (f"serving.local_server (stand-in), batching max {batching.max_batch_size}"
+                     f" / {batching.batch_timeout_micros} us window / "
+                     f"{batching.num_batch_threads} threads, loopback")
         target = f"127.0.0.1:{server.port}"
     # The test split's cold items are unknown to the ID-only model (scored as its OOV item,
     # on purpose): the client's per-request UnknownItemWarning would be timed with it.
     from serving.client import UnknownItemWarning
     warnings.simplefilter("ignore", UnknownItemWarning)
-    # A user with a full history (the data's longest): what a long-history request costs,
-    # and the same request whichever user a rebuilt data set would put first.
+    # A user with the data's longest history: what a long-history request costs, and the
+    # same request length whichever user a rebuilt data set puts first.
     user, _ = pick_request(args.data, min_history=None)
     test = records.read_split(args.data, "item_cold", "test")
     items = np.unique(test[F.ITEM_ID])
@@ -149,10 +155,7 @@ def main(argv=None):
         if server is not None:
             server.stop(0)
     result = {"machine": machine(),
-              "server": (f"serving.local_server (stand-in), batching max "
-                         f"{batching.max_batch_size} / {batching.batch_timeout_micros} us window "
-                         f"/ {batching.num_batch_threads} threads, loopback")
-              if args.target is None else f"external server at {args.target}",
+              "server": described,
               "history_entries": len(user[F.HISTORY]),
               "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

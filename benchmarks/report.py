@@ -157,12 +157,15 @@ def serving_ratios(result):
     out = {}
     for fmt in ("flat", "context"):
         em3, base, live = row("em3", fmt), row("id_dcn", fmt), row("em3_live", fmt)
+        din = row("id_din", fmt)
         if em3 and base:
-            out[f"EM3 p99 / ID-only p99 ({fmt})"] = em3["p99_ms"] / base["p99_ms"]
+            out[f"EM3 p99 / ID-only DCN p99 ({fmt})"] = em3["p99_ms"] / base["p99_ms"]
         if live and base:
-            out[f"EM3 without content table p99 / ID-only p99 ({fmt})"] = (
+            out[f"EM3 without content table p99 / ID-only DCN p99 ({fmt})"] = (
                 live["p99_ms"] / base["p99_ms"])
-    for model in ("em3", "id_dcn"):
+        if em3 and din:
+            out[f"EM3 p99 / ID-only DIN p99 ({fmt})"] = em3["p99_ms"] / din["p99_ms"]
+    for model in ("em3", "id_dcn", "id_din"):
         flat, context = row(model, "flat"), row(model, "context")
         if flat and context:
             out[f"{LABELS.get(model, model)} candidates/s, context / flat"] = (

@@ -327,9 +327,12 @@ def context_request(user: Dict, candidates: Sequence) -> bytes:
 
     Serialized messages concatenated parse as their merge, with repeated fields appended in
     order, so the list is written as one single-candidate list per candidate followed by a
-    context-only list: the same bytes as building the whole message, at a third of the cost.
+    context-only list: the same bytes as building the whole message, in about 40% of the
+    time (0.31 against 0.79 ms for 100 candidates and a 50-entry history).
     """
-    rows = user_rows(user, candidates[:1])
+    if not len(candidates):
+        raise ValueError("`candidates` is empty.")
+    rows = user_rows(user, [0])  # the user's side only: the item id is dropped
     rows.pop(F.ITEM_ID)
     p = protos.load()
     head = p.input_pb2.ExampleListWithContext()

@@ -30,7 +30,7 @@ def pick_request(data_dir, protocol="item_cold", seed=0, per_kind=5, min_history
     rng = np.random.default_rng(seed)
     padded = test[F.HISTORY] == F.padding_of(test[F.HISTORY])
     if min_history is None:
-        min_history = padded.shape[1]
+        min_history = int((~padded).sum(1).max())
     rows = np.flatnonzero((~padded).sum(1) >= min_history)
     row = int(rng.choice(rows))
     valid = ~padded[row]

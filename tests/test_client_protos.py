@@ -99,6 +99,23 @@ def test_to_examples_shares_the_users_side_and_parses_to_each_rows_features(stri
             [2] * 3 + [1] * (len(serialized) - 3)
 
 
+@pytest.mark.parametrize("values", [np.array([0.25, -1.5], np.float32),
+                                    np.array([[True, False], [False, True]]).T,  # strided
+                                    np.array(3, np.int64), np.array([1, 2], np.int32),
+                                    np.zeros([2, 0], np.float32),
+                                    np.array([b"a", b"bc"], dtype=object)])
+def test_stand_in_response_tensors_read_back_as_the_outputs(values):
+    """The stand-in writes numeric and bool outputs straight into `tensor_content`: TF's
+    reader and the client's must both give back the array, its dtype and shape."""
+    from serving.stand_in.inference import _tensor_proto
+    proto = _tensor_proto(values)
+    for read in (tf.make_ndarray, protos.to_ndarray):
+        back = read(proto)
+        assert back.shape == values.shape and (values.dtype == object or
+                                               back.dtype == values.dtype)
+        np.testing.assert_array_equal(back, values)
+
+
 @pytest.mark.parametrize("string_ids", [False, True])
 def test_context_request_is_the_example_list_the_proto_api_builds(string_ids):
     """`context_request` writes the list as concatenated single-candidate lists plus a
@@ -109,7 +126,8 @@ def test_context_request_is_the_example_list_the_proto_api_builds(string_ids):
     cast = str if string_ids else int
     user = {F.USER_ID: cast(3), "user_gender": cast(1), F.HISTORY: [cast(5), cast(6)],
             F.HISTORY_LABELS: [1, 0], F.HISTORY_RATINGS: [4, 2], F.HISTORY_SECONDS: [10, 20]}
-    candidates = [cast(c) for c in (9, 7, 8)]
+    candidates = ([cast(c) for c in (9, 7, 8)] + [np.str_("12")] if string_ids
+                  else [9, -7, np.int64(2**63 - 1), np.int32(8)])
     rows = client.user_rows(user, candidates[:1])
     rows.pop(F.ITEM_ID)
     expected = protos.load().input_pb2.ExampleListWithContext()
@@ -121,4 +139,6 @@ def test_context_request_is_the_example_list_the_proto_api_builds(string_ids):
         client.context_request(user, candidates))
     kind = "bytes_list" if string_ids else "int64_list"
     got = [getattr(e.features.feature[F.ITEM_ID], kind).value[0] for e in parsed.examples]
-    assert got == [c.encode() if string_ids else c for c in candidates]
+    assert got == [c.encode() if string_ids else int(c) for c in candidates]
+    with pytest.raises(ValueError, match="`candidates` is empty"):
+        client.context_request(user, [])

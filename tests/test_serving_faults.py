@@ -295,13 +295,15 @@ def test_batching_file_fields_left_out_take_tf_serving_defaults(tmp_path):
     parameters = BatchingParameters.from_file(str(path))
     assert (parameters.max_batch_size, parameters.batch_timeout_micros,
             parameters.max_enqueued_batches, parameters.num_batch_threads) == (
-        64, 0, 10, os.cpu_count() or 1)
+        64, 0, 10, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count())
 
 
 def test_batcher_queue_limit_and_deadline():
-    """One batch thread, batches of 2 examples, at most 2 queued: a request that waits past its deadline is
-    taken out of the queue (DEADLINE_EXCEEDED), a full queue answers UNAVAILABLE, an
-    oversized request INVALID_ARGUMENT, and every accepted request gets its result."""
+    """One batch thread, batches of 2 examples, at most 2 queued: a request that waits past
+    its deadline is taken out of the queue (DEADLINE_EXCEEDED), a full queue answers
+    UNAVAILABLE, an oversized request INVALID_ARGUMENT, and every accepted request gets its
+    result."""
     release, entered = threading.Event(), threading.Event()
 
     def slow(inputs):

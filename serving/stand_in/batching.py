@@ -28,6 +28,14 @@ import numpy as np
 from serving.stand_in.status import ServingError, invalid
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as TF's `port::MaxParallelism`
+    counts them), not every core of the host."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchingParameters:
     """TF Serving's batching parameters (the fields of its text-proto file that apply here).
@@ -38,7 +46,7 @@ class BatchingParameters:
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
-    num_batch_threads: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    num_batch_threads: int = dataclasses.field(default_factory=usable_cores)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
