@@ -176,15 +176,6 @@ class EM3Client:
         request.inputs[SIGNATURE_INPUT].CopyFrom(protos.tensor_proto(list(serialized)))
         return self._prediction(self._call(self.predictions.Predict, request))
 
-    def predict_with_context(self, context: bytes, candidates: Sequence[bytes]) -> Prediction:
-        """Scores serialized candidate tf.Examples merged over one serialized context
-        tf.Example (`serving_context` signature); see `predict_examples`."""
-        listed = _P.input_pb2.ExampleListWithContext()
-        listed.context.ParseFromString(context)
-        for candidate in candidates:
-            listed.examples.add().ParseFromString(candidate)
-        return self.predict_list(listed.SerializeToString(), len(candidates))
-
     def predict_list(self, listed: bytes, n: int) -> Prediction:
         """Scores one serialized ExampleListWithContext of `n` candidates (`serving_context`
         signature, e.g. from `context_request`); see `predict_examples`."""

@@ -29,9 +29,8 @@ def pick_request(data_dir, protocol="item_cold", seed=0, per_kind=5, min_history
     test = records.read_split(data_dir, protocol, "test")
     rng = np.random.default_rng(seed)
     padded = test[F.HISTORY] == F.padding_of(test[F.HISTORY])
-    if min_history is None:
-        min_history = int((~padded).sum(1).max())
-    rows = np.flatnonzero((~padded).sum(1) >= min_history)
+    lengths = (~padded).sum(1)
+    rows = np.flatnonzero(lengths >= (lengths.max() if min_history is None else min_history))
     row = int(rng.choice(rows))
     valid = ~padded[row]
     user = {F.USER_ID: test[F.USER_ID][row].item()}  # ids: int or str, as the data has them
