@@ -397,6 +397,18 @@ def test_output_filter_checks(tiny_server):
     assert "output tensor alias not found in signature: logits" in error.value.details()
 
 
+def test_an_input_of_the_wrong_rank_is_refused_by_name(tiny_server):
+    request = _predict_request(name="tiny")
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto(
+        [[_example(1.0).SerializeToString()]], dtype=tf.string))  # [1, 1], not [1]
+    with pytest.raises(grpc.RpcError) as error:
+        tiny_server.predictions.Predict(request, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Input 'examples' of signature 'serving_default' must have shape (?), got (1, 1)" in (
+        error.value.details()), error.value.details()
+    assert tiny_server.predict([1.0])[1] == 1  # still serving
+
+
 def test_no_version_loaded_is_not_found(tmp_path):
     server = _Server(tmp_path / "empty")
     try:

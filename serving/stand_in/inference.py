@@ -46,6 +46,20 @@ def _check_inputs(key, definition, inputs: Dict[str, np.ndarray]):
                 want == tf.string and value.dtype.kind in "SO"):
             raise invalid(f"Input '{name}' of signature '{key}' must be {want.name}, got "
                           f"{value.dtype}.")
+        shape = definition.inputs[name].tensor_shape
+        if not shape.unknown_rank and not _fits(shape, value.shape):
+            raise invalid(f"Input '{name}' of signature '{key}' must have shape "
+                          f"{_shape_text(shape)}, got {tuple(value.shape)}.")
+
+
+def _fits(shape, actual) -> bool:
+    """Whether an array shape `actual` fits a TensorShapeProto (-1 dims: any size)."""
+    return len(shape.dim) == len(actual) and all(
+        d.size in (-1, n) for d, n in zip(shape.dim, actual))
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join("?" if d.size == -1 else str(d.size) for d in shape.dim) + ")"
 
 
 def predict(servable, request: predict_pb2.PredictRequest,

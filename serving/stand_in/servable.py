@@ -4,8 +4,10 @@ A version becomes a servable only when all of this succeeded: the SavedModel loa
 `saved_model.pb` parses, and the warm-up requests of
 `assets.extra/tf_serving_warmup_requests` (a TFRecord of `PredictionLog`s, at most 1,000,
 each replayed `warmup_iterations` times) all run, as TF Serving does before it marks a
-version AVAILABLE. `close()` stops its batch threads and drops the model, so a retired
-version holds no memory.
+version AVAILABLE. Like TF Serving, it holds the SavedModel's `serve` MetaGraph in a session
+and runs a signature as one session run that feeds and fetches the signature's tensor names.
+`close()` stops its batch threads and closes the session, so a retired version holds no
+memory.
 """
 
 import contextlib
@@ -27,6 +29,7 @@ from serving.stand_in.status import ServingError, invalid
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
+_QUIET_LOAD = threading.Lock()
 
 
 class Servable:
@@ -48,8 +51,9 @@ class Servable:
             proto.ParseFromString(f.read())
         self.signature_defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items()
                                if not k.startswith("__")}
-        self._model = tf.saved_model.load(path)
-        self._functions = {key: self._model.signatures[key] for key in self.signature_defs}
+        self._session = _load_session(path)
+        self._functions = {key: _signature_runner(self._session, definition)
+                           for key, definition in self.signature_defs.items()}
         self._batchers = ({key: Batcher(self._caller(key), batching)
                            for key in self._functions} if batching else {})
         try:
@@ -63,10 +67,11 @@ class Servable:
 
         def call(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
             try:
-                outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
-                return {k: v.numpy() for k, v in outputs.items()}
+                return function(inputs)
             except tf.errors.InvalidArgumentError as error:
                 raise invalid(error.message) from None
+            except ValueError as error:  # a value the session cannot feed to its input
+                raise invalid(str(error)) from None
             except UnicodeDecodeError:  # TF could not even format its message: garbage bytes
                 raise invalid("Could not parse example input: not a serialized "
                               "tf.Example") from None
@@ -134,9 +139,47 @@ class Servable:
                 self._idle.wait(max(0.0, end - time.monotonic()))
         for batcher in self._batchers.values():
             batcher.close()
-        self._batchers, self._functions, self._model = {}, None, None
+        session, self._session = self._session, None
+        self._batchers, self._functions = {}, None
+        if session is not None:
+            session.close()
         gc.collect()
         _release_free_memory()
+
+
+def _load_session(path: str) -> tf.compat.v1.Session:
+    """The SavedModel's `serve` MetaGraph in a session of its own, variables restored and
+    the init op (table initializers) run: how TF Serving's `LoadSavedModel` holds a version,
+    rather than a TF2 object graph whose signatures are called eagerly."""
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    logger = tf.get_logger()
+    with _QUIET_LOAD:  # versions load in parallel; the log level is global
+        level = logger.level
+        logger.setLevel("ERROR")  # the TF1 loader's deprecation notice: TF Serving loads so
+        try:
+            with graph.as_default():
+                tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
+        except Exception:
+            session.close()
+            raise
+        finally:
+            logger.setLevel(level)
+    graph.finalize()
+    return session
+
+
+def _signature_runner(session, definition):
+    """`inputs -> outputs` (NumPy dicts keyed by signature alias) of one SignatureDef, as one
+    `Session::Run` feeding and fetching the signature's tensor names, like TF Serving."""
+    names, aliases = sorted(definition.inputs), sorted(definition.outputs)
+    run = session.make_callable(
+        [definition.outputs[a].name for a in aliases],
+        [session.graph.get_tensor_by_name(definition.inputs[n].name) for n in names])
+
+    def call(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return dict(zip(aliases, run(*[inputs[n] for n in names])))
+    return call
 
 
 def _release_free_memory():
