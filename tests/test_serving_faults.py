@@ -24,6 +24,7 @@ from em3_tf._tf import tf
 from em3_tf.export import set_method_names
 from serving.local_server import serve, single_model_config
 from serving.stand_in.batching import Batcher, BatchingParameters
+from serving.stand_in.servable import Servable
 from serving.stand_in.status import ServingError
 from serving.stand_in.versions import parse_version
 from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, inference_pb2,
@@ -407,6 +408,22 @@ def test_an_input_of_the_wrong_rank_is_refused_by_name(tiny_server):
     assert "Input 'examples' of signature 'serving_default' must have shape (?), got (1, 1)" in (
         error.value.details()), error.value.details()
     assert tiny_server.predict([1.0])[1] == 1  # still serving
+
+
+def test_garbage_input_and_a_call_after_unload(versions):
+    """Bytes that are no tf.Example: INVALID_ARGUMENT with a readable message (TF cannot
+    even decode its own); a call that reaches a version after its unload: UNAVAILABLE, as
+    for a request that resolved a retired version."""
+    servable = Servable("tiny", 1, versions["w1"])
+    call = servable._caller("serving_default")
+    with pytest.raises(ServingError) as error:
+        call({"examples": np.array([b"\xff\xfe\x00garbage"], dtype=object)})
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a serialized tf.Example" in str(error.value)
+    servable.close()
+    with pytest.raises(ServingError) as error:
+        call({"examples": np.array([_example(1.0).SerializeToString()], dtype=object)})
+    assert error.value.code == grpc.StatusCode.UNAVAILABLE and "unloaded" in str(error.value)
 
 
 def test_no_version_loaded_is_not_found(tmp_path):

@@ -2,7 +2,9 @@
 
 Each handler takes the servable a request resolved to and the request proto, validates it the
 way TF Serving 2.16 does (same status codes and messages, see `tests/test_serving_faults.py`)
-and returns the response proto. The gRPC service, the REST API and warm-up replay all go
+and returns the response proto. An input of the wrong shape gets TF Serving's code,
+INVALID_ARGUMENT, with the stand-in's own message naming the input (TF Serving reports it
+from the first op that fails on it). The gRPC service, the REST API and warm-up replay all go
 through these functions.
 """
 

@@ -29,7 +29,6 @@ from serving.stand_in.status import ServingError, invalid
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
-_QUIET_LOAD = threading.Lock()
 
 
 class Servable:
@@ -51,12 +50,13 @@ class Servable:
             proto.ParseFromString(f.read())
         self.signature_defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items()
                                if not k.startswith("__")}
+        self._batchers, self._functions = {}, None
         self._session = _load_session(path)
-        self._functions = {key: _signature_runner(self._session, definition)
-                           for key, definition in self.signature_defs.items()}
-        self._batchers = ({key: Batcher(self._caller(key), batching)
-                           for key in self._functions} if batching else {})
         try:
+            self._functions = {key: _signature_runner(self._session, definition)
+                               for key, definition in self.signature_defs.items()}
+            self._batchers = ({key: Batcher(self._caller(key), batching)
+                               for key in self._functions} if batching else {})
             self._warm_up(warmup_iterations)
         except Exception:
             self.close()
@@ -70,11 +70,14 @@ class Servable:
                 return function(inputs)
             except tf.errors.InvalidArgumentError as error:
                 raise invalid(error.message) from None
-            except ValueError as error:  # a value the session cannot feed to its input
-                raise invalid(str(error)) from None
             except UnicodeDecodeError:  # TF could not even format its message: garbage bytes
                 raise invalid("Could not parse example input: not a serialized "
                               "tf.Example") from None
+            except ValueError as error:  # a value the session cannot feed to its input
+                raise invalid(str(error)) from None
+            except (tf.errors.CancelledError, RuntimeError):  # closed after close()'s wait
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, f"Servable {self.name} "
+                                   f"version {self.version} was unloaded") from None
             except Exception as error:  # noqa: BLE001
                 raise ServingError(grpc.StatusCode.INTERNAL, str(error)) from None
         return call
@@ -143,6 +146,7 @@ class Servable:
         self._batchers, self._functions = {}, None
         if session is not None:
             session.close()
+            del session  # the session is deleted with its last reference, before the trim
         gc.collect()
         _release_free_memory()
 
@@ -153,29 +157,32 @@ def _load_session(path: str) -> tf.compat.v1.Session:
     rather than a TF2 object graph whose signatures are called eagerly."""
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
-    logger = tf.get_logger()
-    with _QUIET_LOAD:  # versions load in parallel; the log level is global
-        level = logger.level
-        logger.setLevel("ERROR")  # the TF1 loader's deprecation notice: TF Serving loads so
-        try:
-            with graph.as_default():
-                tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
-        except Exception:
-            session.close()
-            raise
-        finally:
-            logger.setLevel(level)
+    try:
+        with graph.as_default():
+            tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
+    except Exception:
+        session.close()
+        raise
     graph.finalize()
     return session
+
+
+def _drop_loader_deprecation(record) -> bool:
+    """A `logging` filter: TF's notice that the TF1 loader is deprecated (TF Serving loads
+    this way, so it says nothing to a server's user); every other record passes."""
+    return "loader_impl) is deprecated" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_drop_loader_deprecation)
 
 
 def _signature_runner(session, definition):
     """`inputs -> outputs` (NumPy dicts keyed by signature alias) of one SignatureDef, as one
     `Session::Run` feeding and fetching the signature's tensor names, like TF Serving."""
     names, aliases = sorted(definition.inputs), sorted(definition.outputs)
-    run = session.make_callable(
-        [definition.outputs[a].name for a in aliases],
-        [session.graph.get_tensor_by_name(definition.inputs[n].name) for n in names])
+    tensor = session.graph.get_tensor_by_name  # a name the graph lacks fails the load
+    run = session.make_callable([tensor(definition.outputs[a].name) for a in aliases],
+                                [tensor(definition.inputs[n].name) for n in names])
 
     def call(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         return dict(zip(aliases, run(*[inputs[n] for n in names])))
