@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_quality --tune        # tune, then the full table
     .venv/bin/python -m benchmarks.bench_quality --presets id_din em3 --seeds 0   # quick
+    .venv/bin/python -m benchmarks.bench_quality --sweep content_lr_scale   # one knob, on eval
 
 Protocol, the same for every variant (each row of the table changes one factor from EM3):
   1. `--tune`: KerasTuner random search (`em3_tf.tuning`) of each variant on the temporal
@@ -40,6 +41,7 @@ PAIRED = ("auc", "gauc", "logloss") + tuple(f"{s}_auc" for s in SLICES)
 
 
 def parse_args(argv=None):
+    from em3_tf.tuning import SEARCH_SPACE
     from pipelines.config import PipelineConfig
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +60,11 @@ def parse_args(argv=None):
                    default=os.path.join(PipelineConfig().hyperparameters_dir, "ml-100k"))
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--save-embeddings", action="store_true")
+    p.add_argument("--sweep", choices=sorted(SEARCH_SPACE), metavar="NAME",
+                   help="instead of the table: each preset with its recorded hyper-parameters "
+                        "and NAME set to each value of the search space in turn, trained as a "
+                        "tuning trial (temporal eval split, seed 0); writes "
+                        "<out>/sweep_<NAME>.json")
     return p.parse_args(argv)
 
 
@@ -115,6 +122,34 @@ def tune_presets(args, data):
               flush=True)
         keras.backend.clear_session()
     return records
+
+
+def sweep(args, data):
+    """`{preset: {value: best eval AUC}}` of `args.sweep` over its search-space values, every
+    other hyper-parameter at the preset's recorded value: one tuning trial each (the same
+    training and score as `em3_tf.tuning.tune`'s trials), for the presets that search it."""
+    from em3_tf._tf import keras
+    from em3_tf.config import EM3Config
+    from em3_tf.tuning import (OBJECTIVE, SEARCH_SPACE, read_hyperparameters, searched,
+                               train_trial)
+    name, result = args.sweep, {}
+    for preset in args.presets:
+        tuned = read_hyperparameters(os.path.join(args.hyperparameters_dir, preset))
+        base = EM3Config.preset(preset, context_features=data.context_features, **tuned)
+        if name not in searched(base):
+            print(f"sweep {name}: {preset} does not search it, skipped", flush=True)
+            continue
+        result[preset] = {}
+        for value in SEARCH_SPACE[name]:
+            begin = time.perf_counter()
+            history = train_trial(base.replace(**{name: value}), data, args.epochs,
+                                  args.batch_size, seed=0)
+            result[preset][str(value)] = max(history.history[OBJECTIVE])
+            print(f"sweep {name}: {preset} {name}={value} (recorded: {tuned.get(name)}): "
+                  f"best eval AUC {result[preset][str(value)]:.4f} "
+                  f"({time.perf_counter() - begin:.0f}s)", flush=True)
+            keras.backend.clear_session()
+    return result
 
 
 def aggregate(rows, presets, protocols, reference=REFERENCE):
@@ -176,6 +211,14 @@ def main(argv=None):
             previous = _read_json(path)
             with open(path, "w") as f:
                 json.dump({**previous, **tuning}, f, indent=2)
+    if args.sweep:
+        from benchmarks import machine
+        result = {"machine": machine(), "data": args.data, "protocol": "temporal (eval split)",
+                  "seed": 0, "max_epochs": args.epochs, "name": args.sweep,
+                  "best_eval_auc": sweep(args, load_dataset(args.data, "temporal"))}
+        with open(os.path.join(args.out, f"sweep_{args.sweep}.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        return 0
     runs_file = os.path.join(args.out, "quality_runs.jsonl")
     done = {(r["protocol"], r["preset"], r["seed"], r["config_key"]): r
             for r in _read_jsonl(runs_file)}

@@ -69,16 +69,21 @@ class EM3RandomSearch(keras_tuner.RandomSearch):
         return {OBJECTIVE: max(history.history[OBJECTIVE])}
 
 
+def train_trial(config: EM3Config, data, epochs=4, batch_size=256, seed=0, verbose=0):
+    """One tuning trial of `config` on `data` (a `RankingData`): build seeded, fit with early
+    stopping on the eval split; returns the Keras History (`val_auc` per epoch). A two-stage
+    config trains its first stage with the trial's values."""
+    from em3_tf.training import build_seeded_ranker, fit
+    model, _ = build_seeded_ranker(config, data, epochs, batch_size, seed, verbose)
+    return fit(model, data, epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose)
+
+
 def tune(base_config: EM3Config, data, max_trials=6, epochs=4, batch_size=256, seed=0,
          directory=None, project_name="em3", verbose=0) -> keras_tuner.HyperParameters:
     """Searches `base_config`'s variant on `data` (a `RankingData`; eval split only) and
     returns the best trial's hyper-parameters."""
-    from em3_tf.training import build_seeded_ranker, fit
-
-    def train_fn(config):  # a two-stage config trains its first stage with the trial's values
-        model, _ = build_seeded_ranker(config, data, epochs, batch_size, seed, verbose)
-        return fit(model, data, epochs=epochs, batch_size=batch_size, seed=seed,
-                   verbose=verbose)
+    def train_fn(config):
+        return train_trial(config, data, epochs, batch_size, seed, verbose)
 
     tuner = EM3RandomSearch(base_config, train_fn, max_trials, seed, directory, project_name)
     tuner.search(verbose=verbose)
