@@ -21,7 +21,6 @@ from typing import Dict, Optional
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.stand_in.batching import Batcher, BatchingParameters
@@ -45,13 +44,10 @@ class Servable:
         self.name, self.version, self.path = name, version, path
         self._inflight = 0
         self._idle = threading.Condition()
-        proto = saved_model_pb2.SavedModel()
-        with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
-            proto.ParseFromString(f.read())
-        self.signature_defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items()
-                               if not k.startswith("__")}
         self._batchers, self._functions = {}, None
-        self._session = _load_session(path)
+        self._session, meta_graph = _load_session(path)
+        self.signature_defs = {k: v for k, v in meta_graph.signature_def.items()
+                               if not k.startswith("__")}
         try:
             self._functions = {key: _signature_runner(self._session, definition)
                                for key, definition in self.signature_defs.items()}
@@ -73,8 +69,6 @@ class Servable:
             except UnicodeDecodeError:  # TF could not even format its message: garbage bytes
                 raise invalid("Could not parse example input: not a serialized "
                               "tf.Example") from None
-            except ValueError as error:  # a value the session cannot feed to its input
-                raise invalid(str(error)) from None
             except (tf.errors.CancelledError, RuntimeError):  # closed after close()'s wait
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, f"Servable {self.name} "
                                    f"version {self.version} was unloaded") from None
@@ -151,20 +145,22 @@ class Servable:
         _release_free_memory()
 
 
-def _load_session(path: str) -> tf.compat.v1.Session:
-    """The SavedModel's `serve` MetaGraph in a session of its own, variables restored and
-    the init op (table initializers) run: how TF Serving's `LoadSavedModel` holds a version,
-    rather than a TF2 object graph whose signatures are called eagerly."""
+def _load_session(path: str):
+    """`(session, meta_graph_def)`: the SavedModel's `serve` MetaGraph in a session of its
+    own, variables restored and the init op (table initializers) run: how TF Serving's
+    `LoadSavedModel` holds a version, rather than a TF2 object graph whose signatures are
+    called eagerly."""
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
     try:
         with graph.as_default():
-            tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
+            meta_graph = tf.compat.v1.saved_model.loader.load(
+                session, [tf.saved_model.SERVING], path)
     except Exception:
         session.close()
         raise
     graph.finalize()
-    return session
+    return session, meta_graph
 
 
 def _drop_loader_deprecation(record) -> bool:
