@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Dict
 
 DEFAULT_PRESETS = ("id_dcn", "id_din", "frozen_content", "frozen_content_no_cic", "em3",
                    "em3_full_cost", "em3_no_qformer", "em3_no_lora", "em3_no_cic",
@@ -65,7 +66,16 @@ def parse_args(argv=None):
                         "and NAME set to each value of the search space in turn, trained as a "
                         "tuning trial (temporal eval split, seed 0); writes "
                         "<out>/sweep_<NAME>.json")
-    return p.parse_args(argv)
+    p.add_argument("--sweep-values", nargs="+", type=float, metavar="V",
+                   help="with --sweep: these values (each preset's recorded value is always "
+                        "added) instead of the search space's, e.g. to try beyond its range")
+    p.add_argument("--adopt", action="store_true",
+                   help="with --sweep: record each preset's best value of NAME (eval AUC) in "
+                        "its recorded hyper-parameters, for the table to use")
+    args = p.parse_args(argv)
+    if (args.sweep_values or args.adopt) and not args.sweep:
+        p.error("--sweep-values and --adopt need --sweep NAME")
+    return args
 
 
 def _read_jsonl(path):
@@ -125,31 +135,74 @@ def tune_presets(args, data):
 
 
 def sweep(args, data):
-    """`{preset: {value: best eval AUC}}` of `args.sweep` over its search-space values, every
-    other hyper-parameter at the preset's recorded value: one tuning trial each (the same
-    training and score as `em3_tf.tuning.tune`'s trials), for the presets that search it."""
+    """Writes `<out>/sweep_<NAME>.json`: `best_eval_auc[preset][value]` of `args.sweep` over
+    its search-space values (or `args.sweep_values` and the preset's recorded value), every
+    other hyper-parameter at the preset's `recorded` value: one tuning trial each (the same
+    training and score as `em3_tf.tuning.tune`'s trials), for the presets that search it. The
+    file is written after every trial; a rerun keeps the trials of presets whose other recorded
+    values are unchanged. With `args.adopt`, each preset's best value is recorded in its
+    hyper-parameters."""
+    from benchmarks import machine
     from em3_tf._tf import keras
     from em3_tf.config import EM3Config
-    from em3_tf.tuning import (OBJECTIVE, SEARCH_SPACE, read_hyperparameters, searched,
-                               train_trial)
-    name, result = args.sweep, {}
+    from em3_tf.tuning import (OBJECTIVE, SEARCH_SPACE, hyperparameters, read_hyperparameters,
+                               searched, train_trial, write_hyperparameters)
+    name = args.sweep
+    path = os.path.join(args.out, f"sweep_{name}.json")
+    previous = _read_json(path)
+    result = {"machine": machine(), "data": args.data, "protocol": "temporal (eval split)",
+              "seed": 0, "max_epochs": args.epochs, "name": name,
+              "recorded": dict(previous.get("recorded", {})),
+              "best_eval_auc": dict(previous.get("best_eval_auc", {}))}
     for preset in args.presets:
         tuned = read_hyperparameters(os.path.join(args.hyperparameters_dir, preset))
         base = EM3Config.preset(preset, context_features=data.context_features, **tuned)
         if name not in searched(base):
             print(f"sweep {name}: {preset} does not search it, skipped", flush=True)
             continue
-        result[preset] = {}
-        for value in SEARCH_SPACE[name]:
+        others = {k: v for k, v in tuned.items() if k != name}
+        kept = result["recorded"].get(preset)  # a trial depends on the other knobs only
+        same = kept is not None and {k: v for k, v in kept.items() if k != name} == others
+        scores = dict(result["best_eval_auc"].get(preset, {})) if same else {}
+        result["recorded"][preset], result["best_eval_auc"][preset] = tuned, scores
+        values = SEARCH_SPACE[name]
+        if args.sweep_values:
+            values = sorted(set(args.sweep_values) | {getattr(base, name)})
+        for value in values:
+            if str(value) in scores:
+                continue
             begin = time.perf_counter()
             history = train_trial(base.replace(**{name: value}), data, args.epochs,
                                   args.batch_size, seed=0)
-            result[preset][str(value)] = max(history.history[OBJECTIVE])
+            scores[str(value)] = max(history.history[OBJECTIVE])
+            with open(path, "w") as f:
+                json.dump(result, f, indent=2)
             print(f"sweep {name}: {preset} {name}={value} (recorded: {tuned.get(name)}): "
-                  f"best eval AUC {result[preset][str(value)]:.4f} "
+                  f"best eval AUC {scores[str(value)]:.4f} "
                   f"({time.perf_counter() - begin:.0f}s)", flush=True)
             keras.backend.clear_session()
-    return result
+        best = max(values, key=lambda v: scores[str(v)])
+        if args.adopt and best != getattr(base, name):
+            hp = hyperparameters(base)
+            hp.values.update({**tuned, name: best})
+            write_hyperparameters(hp, os.path.join(args.hyperparameters_dir, preset))
+            print(f"sweep {name}: {preset} now records {name}={best}", flush=True)
+    result["adopted"] = bool(args.adopt or previous.get("adopted"))
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+def adopted_sweeps(out) -> Dict:
+    """`{knob: {preset: best value}}` of the `--adopt`ed sweeps in `out` (the values the
+    recorded hyper-parameters took from them)."""
+    found = {}
+    for name in sorted(os.listdir(out)):
+        sweep_result = _read_json(os.path.join(out, name)) if name.startswith("sweep_") else {}
+        if sweep_result.get("adopted"):
+            found[sweep_result["name"]] = {
+                preset: float(max(scores, key=scores.get))
+                for preset, scores in sweep_result["best_eval_auc"].items()}
+    return found
 
 
 def aggregate(rows, presets, protocols, reference=REFERENCE):
@@ -212,12 +265,7 @@ def main(argv=None):
             with open(path, "w") as f:
                 json.dump({**previous, **tuning}, f, indent=2)
     if args.sweep:
-        from benchmarks import machine
-        result = {"machine": machine(), "data": args.data, "protocol": "temporal (eval split)",
-                  "seed": 0, "max_epochs": args.epochs, "name": args.sweep,
-                  "best_eval_auc": sweep(args, load_dataset(args.data, "temporal"))}
-        with open(os.path.join(args.out, f"sweep_{args.sweep}.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        sweep(args, load_dataset(args.data, "temporal"))
         return 0
     runs_file = os.path.join(args.out, "quality_runs.jsonl")
     done = {(r["protocol"], r["preset"], r["seed"], r["config_key"]): r
@@ -260,7 +308,7 @@ def main(argv=None):
               "reference": REFERENCE, "tuning": {
                   "max_trials": args.max_trials, "protocol": "temporal (eval split)",
                   "search_space": {k: list(v) for k, v in SEARCH_SPACE.items()},
-                  "records": _read_json(tuning_path)},
+                  "records": _read_json(tuning_path), "sweeps": adopted_sweeps(args.out)},
               "seconds": round(time.perf_counter() - start, 1),
               "table": aggregate(rows, args.presets, args.protocols)}
     full = (set(DEFAULT_PRESETS) <= set(args.presets)

@@ -70,9 +70,11 @@ def quality_markdown(result) -> str:
              f"(MovieLens-100K), test split. Each run: at most {result['max_epochs']} epochs, "
              f"early stopping on eval AUC (patience {result['patience']}), batch "
              f"{result['batch_size']}; hyper-parameters tuned per variant on the temporal eval "
-             f"split ({result['tuning']['max_trials']} random trials each). Seeds "
-             f"{result['seeds']}: mean ± std; Δ = variant minus EM3, paired by seed, with a "
-             f"paired t-test."]
+             f"split ({result['tuning']['max_trials']} random trials each"
+             + "".join(f", then `{name}` swept with the other values fixed, one trial per "
+                       f"value, the best kept" for name in result["tuning"].get("sweeps", {}))
+             + f"). Seeds {result['seeds']}: mean ± std; Δ = variant minus EM3, paired by "
+               f"seed, with a paired t-test."]
     for protocol, columns in QUALITY_COLUMNS.items():
         rows = result["table"].get(protocol)
         if not rows:

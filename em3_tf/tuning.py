@@ -24,7 +24,7 @@ HYPERPARAMETERS_FILE = "best_hyperparameters.txt"  # the TFX Tuner's file name a
 SEARCH_SPACE: Dict[str, tuple] = {
     "learning_rate": (3e-4, 1e-3, 3e-3),
     "dropout": (0.0, 0.1, 0.3),
-    "id_dropout": (0.0, 0.05, 0.15),
+    "id_dropout": (0.0, 0.05, 0.15, 0.3, 0.5),
     "cic_weight": (0.03, 0.1, 0.3),
     "content_lr_scale": (0.1, 0.3, 1.0),
 }
