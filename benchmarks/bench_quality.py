@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.bench_quality --tune        # tune, then the full table
     .venv/bin/python -m benchmarks.bench_quality --presets id_din em3 --seeds 0   # quick
     .venv/bin/python -m benchmarks.bench_quality --sweep content_lr_scale   # one knob, on eval
+    .venv/bin/python -m benchmarks.bench_quality --sweep id_dropout --sweep-values 0.3 0.5 --adopt
 
 Protocol, the same for every variant (each row of the table changes one factor from EM3):
   1. `--tune`: KerasTuner random search (`em3_tf.tuning`) of each variant on the temporal
@@ -10,7 +11,8 @@ Protocol, the same for every variant (each row of the table changes one factor f
      stopping, seed 0; the best values are recorded in
      `pipelines/hyperparameters/ml-100k/<preset>/best_hyperparameters.txt` (which the TFX
      pipeline imports too) and the search in `<out>/tuning.json`. Without `--tune`, recorded values
-     are used where present.
+     are used where present. `--sweep NAME --adopt` then tries one knob at other values, the
+     rest fixed, with the same trials for every variant, and records each one's best.
   2. Each variant x seed x protocol trains for at most `--epochs` epochs with early stopping on
      the eval split's AUC (best weights restored) and is scored once on the test split: AUC,
      GAUC, log-loss, overall and on the slices cold / warm items and new / returning users.
@@ -63,9 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--save-embeddings", action="store_true")
     p.add_argument("--sweep", choices=sorted(SEARCH_SPACE), metavar="NAME",
                    help="instead of the table: each preset with its recorded hyper-parameters "
-                        "and NAME set to each value of the search space in turn, trained as a "
-                        "tuning trial (temporal eval split, seed 0); writes "
-                        "<out>/sweep_<NAME>.json")
+                        "and NAME set to each value of the search space (or --sweep-values) "
+                        "and its recorded value in turn, trained as a tuning trial (temporal "
+                        "eval split, seed 0); writes <out>/sweep_<NAME>.json, resumable")
     p.add_argument("--sweep-values", nargs="+", type=float, metavar="V",
                    help="with --sweep: these values (each preset's recorded value is always "
                         "added) instead of the search space's, e.g. to try beyond its range")
@@ -135,13 +137,15 @@ def tune_presets(args, data):
 
 
 def sweep(args, data):
-    """Writes `<out>/sweep_<NAME>.json`: `best_eval_auc[preset][value]` of `args.sweep` over
-    its search-space values (or `args.sweep_values` and the preset's recorded value), every
-    other hyper-parameter at the preset's `recorded` value: one tuning trial each (the same
-    training and score as `em3_tf.tuning.tune`'s trials), for the presets that search it. The
-    file is written after every trial; a rerun keeps the trials of presets whose other recorded
-    values are unchanged. With `args.adopt`, each preset's best value is recorded in its
-    hyper-parameters."""
+    """Sweeps one knob, `args.sweep`, for each preset that searches it, and writes
+    `<out>/sweep_<NAME>.json` after every trial.
+
+    Each value (the search space's, or `args.sweep_values`; the preset's recorded value
+    always) is one tuning trial (the same training and score as `em3_tf.tuning.tune`'s), every
+    other hyper-parameter at its recorded value: `best_eval_auc[preset][value]`. A rerun keeps
+    a preset's trials while `trial_key[preset]` (its config but the knob, epochs, batch size,
+    data) is unchanged. With `args.adopt`, a preset's best value among all its trials is
+    written to its recorded hyper-parameters and to `adopted[preset]`."""
     from benchmarks import machine
     from em3_tf._tf import keras
     from em3_tf.config import EM3Config
@@ -149,26 +153,27 @@ def sweep(args, data):
                                searched, train_trial, write_hyperparameters)
     name = args.sweep
     path = os.path.join(args.out, f"sweep_{name}.json")
-    previous = _read_json(path)
     result = {"machine": machine(), "data": args.data, "protocol": "temporal (eval split)",
-              "seed": 0, "max_epochs": args.epochs, "name": name,
-              "recorded": dict(previous.get("recorded", {})),
-              "best_eval_auc": dict(previous.get("best_eval_auc", {}))}
+              "seed": 0, "max_epochs": args.epochs, "name": name, "trial_key": {},
+              "best_eval_auc": {}, "adopted": {}}
+    previous = _read_json(path)
+    for field in ("trial_key", "best_eval_auc", "adopted"):
+        result[field].update(previous.get(field, {}))
     for preset in args.presets:
-        tuned = read_hyperparameters(os.path.join(args.hyperparameters_dir, preset))
+        directory = os.path.join(args.hyperparameters_dir, preset)
+        tuned = read_hyperparameters(directory)
         base = EM3Config.preset(preset, context_features=data.context_features, **tuned)
         if name not in searched(base):
             print(f"sweep {name}: {preset} does not search it, skipped", flush=True)
             continue
-        others = {k: v for k, v in tuned.items() if k != name}
-        kept = result["recorded"].get(preset)  # a trial depends on the other knobs only
-        same = kept is not None and {k: v for k, v in kept.items() if k != name} == others
-        scores = dict(result["best_eval_auc"].get(preset, {})) if same else {}
-        result["recorded"][preset], result["best_eval_auc"][preset] = tuned, scores
-        values = SEARCH_SPACE[name]
-        if args.sweep_values:
-            values = sorted(set(args.sweep_values) | {getattr(base, name)})
-        for value in values:
+        recorded = getattr(base, name)
+        key = "/".join([config_key(base.replace(**{name: type(base)().get_config()[name]})),
+                        str(args.epochs), str(args.batch_size), args.data])
+        if result["trial_key"].get(preset) != key:
+            result["trial_key"][preset], result["best_eval_auc"][preset] = key, {}
+            result["adopted"].pop(preset, None)
+        scores = result["best_eval_auc"][preset]
+        for value in sorted(set(args.sweep_values or SEARCH_SPACE[name]) | {recorded}):
             if str(value) in scores:
                 continue
             begin = time.perf_counter()
@@ -177,31 +182,31 @@ def sweep(args, data):
             scores[str(value)] = max(history.history[OBJECTIVE])
             with open(path, "w") as f:
                 json.dump(result, f, indent=2)
-            print(f"sweep {name}: {preset} {name}={value} (recorded: {tuned.get(name)}): "
-                  f"best eval AUC {scores[str(value)]:.4f} "
-                  f"({time.perf_counter() - begin:.0f}s)", flush=True)
+            print(f"sweep {name}: {preset} {name}={value} (recorded: {recorded}): best eval "
+                  f"AUC {scores[str(value)]:.4f} ({time.perf_counter() - begin:.0f}s)",
+                  flush=True)
             keras.backend.clear_session()
-        best = max(values, key=lambda v: scores[str(v)])
-        if args.adopt and best != getattr(base, name):
-            hp = hyperparameters(base)
-            hp.values.update({**tuned, name: best})
-            write_hyperparameters(hp, os.path.join(args.hyperparameters_dir, preset))
-            print(f"sweep {name}: {preset} now records {name}={best}", flush=True)
-    result["adopted"] = bool(args.adopt or previous.get("adopted"))
+        best = float(max(scores, key=scores.get))
+        if args.adopt:
+            if best != recorded:
+                hp = hyperparameters(base)
+                hp.values.update({**tuned, name: best})
+                write_hyperparameters(hp, directory)
+                print(f"sweep {name}: {preset} now records {name}={best}", flush=True)
+            result["adopted"][preset] = best
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
 
 
 def adopted_sweeps(out) -> Dict:
-    """`{knob: {preset: best value}}` of the `--adopt`ed sweeps in `out` (the values the
-    recorded hyper-parameters took from them)."""
+    """`{knob: {preset: value}}`: what `sweep --adopt` wrote to the recorded
+    hyper-parameters, from the sweep files in `out`."""
     found = {}
     for name in sorted(os.listdir(out)):
-        sweep_result = _read_json(os.path.join(out, name)) if name.startswith("sweep_") else {}
-        if sweep_result.get("adopted"):
-            found[sweep_result["name"]] = {
-                preset: float(max(scores, key=scores.get))
-                for preset, scores in sweep_result["best_eval_auc"].items()}
+        if name.startswith("sweep_") and name.endswith(".json"):
+            result = _read_json(os.path.join(out, name))
+            if result.get("adopted"):
+                found[result["name"]] = result["adopted"]
     return found
 
 
