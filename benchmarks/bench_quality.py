@@ -94,6 +94,11 @@ def _read_json(path):
         return json.load(f)
 
 
+def _write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+
+
 def _append_jsonl(path, row):
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -180,8 +185,7 @@ def sweep(args, data):
             history = train_trial(base.replace(**{name: value}), data, args.epochs,
                                   args.batch_size, seed=0)
             scores[str(value)] = max(history.history[OBJECTIVE])
-            with open(path, "w") as f:
-                json.dump(result, f, indent=2)
+            _write_json(path, result)
             print(f"sweep {name}: {preset} {name}={value} (recorded: {recorded}): best eval "
                   f"AUC {scores[str(value)]:.4f} ({time.perf_counter() - begin:.0f}s)",
                   flush=True)
@@ -194,8 +198,7 @@ def sweep(args, data):
                 write_hyperparameters(hp, directory)
                 print(f"sweep {name}: {preset} now records {name}={best}", flush=True)
             result["adopted"][preset] = best
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    _write_json(path, result)
 
 
 def adopted_sweeps(out) -> Dict:
@@ -267,8 +270,7 @@ def main(argv=None):
         if tuning:
             path = os.path.join(args.out, "tuning.json")
             previous = _read_json(path)
-            with open(path, "w") as f:
-                json.dump({**previous, **tuning}, f, indent=2)
+            _write_json(path, {**previous, **tuning})
     if args.sweep:
         sweep(args, load_dataset(args.data, "temporal"))
         return 0
