@@ -2,16 +2,20 @@
 
     ./setup.sh && .venv/bin/python -m benchmarks.reproduce [--quick]
 
-Runs, in order: the MovieLens-100K build (if missing); `bench_quality --tune` (every variant
-tuned with the same budget where no recorded hyper-parameters exist, then 5 seeds x 2
-protocols); `bench_serving`; `bench_pipeline`; `bench_model` (throughput and history-branch
-cost curves); and `report` (PNG plots, README blocks). Interrupted runs resume: finished quality
-runs are kept in benchmarks/results/quality_runs.jsonl, tuned values in
-pipelines/hyperparameters/ml-100k/. Measured by parts on 2 CPU cores: tuning plus 10 runs take
-about 5 minutes for an ID-only variant, 10 for frozen content and 35 for an EM3 variant, so the
-9 default variants take about 4 hours from scratch. The serving, pipeline and cost benchmarks
-add about 20 minutes. `--quick` runs one seed, four variants and two tuning trials into
-`--out` (default benchmarks/results-quick): a smoke run whose numbers are not the recorded ones.
+Runs, in order: the MovieLens-100K build (if missing); `bench_quality --tune --sweep
+id_dropout --sweep-values 0.3 0.5 --adopt` (every variant tuned with the same budget where no
+recorded hyper-parameters exist, then its ID dropout tried at its recorded value, 0.3 and 0.5,
+and the best recorded; trials already in `sweep_id_dropout.json` are not re-run);
+`bench_quality` (5 seeds x 2 protocols with the recorded values); `bench_serving`;
+`bench_pipeline`; `bench_model` (throughput and history-branch cost curves); and `report` (PNG
+plots, README blocks). Interrupted runs resume: finished quality runs are kept in
+benchmarks/results/quality_runs.jsonl, sweep trials in benchmarks/results/sweep_id_dropout.json,
+tuned values in pipelines/hyperparameters/ml-100k/. Measured by parts on 2 CPU cores: tuning,
+the sweep and 10 runs take about 10 minutes for an ID-only variant, 20 for frozen content and
+45 for an EM3 variant, so the 10 default variants take about 5 1/2 hours from scratch. The
+serving, pipeline and cost benchmarks add about 20 minutes. `--quick` runs one seed, four
+variants and two tuning trials, without the sweep, into `--out` (default
+benchmarks/results-quick): a smoke run whose numbers are not the recorded ones.
 """
 
 import argparse
@@ -31,12 +35,16 @@ def main(argv=None):
     out = args.out or ("benchmarks/results-quick" if args.quick else "benchmarks/results")
     from benchmarks import bench_model, bench_pipeline, bench_quality, bench_serving, report
     start = time.perf_counter()
-    quality = ["--tune", "--out", out, "--save-embeddings"]
-    if args.quick:
-        quality += ["--seeds", "0", "--max-trials", "2", "--presets", "id_dcn", "id_din",
-                    "frozen_content", "em3", "--hyperparameters-dir", f"{out}/hyperparameters"]
-    print("== quality: variants x seeds x protocols on MovieLens-100K", flush=True)
-    bench_quality.main(quality)
+    quick = ["--seeds", "0", "--max-trials", "2", "--presets", "id_dcn", "id_din",
+             "frozen_content", "em3", "--hyperparameters-dir", f"{out}/hyperparameters"]
+    quality = ["--out", out] + (quick if args.quick else [])
+    if not args.quick:
+        print("== quality: tuning and the ID-dropout sweep on MovieLens-100K", flush=True)
+        bench_quality.main(quality + ["--tune", "--sweep", "id_dropout",
+                                      "--sweep-values", "0.3", "0.5", "--adopt"])
+    print(f"== quality: variants x seeds x protocols ({time.perf_counter() - start:.0f}s so far)",
+          flush=True)
+    bench_quality.main(quality + ["--save-embeddings"] + (["--tune"] if args.quick else []))
     print(f"== serving ({time.perf_counter() - start:.0f}s so far)", flush=True)
     bench_serving.main(["--out", f"{out}/serving.json"]
                        + (["--requests", "20"] if args.quick else []))
