@@ -326,7 +326,9 @@ def long_history_markdown(result) -> str:
     lines = [f"Machine: {result['machine']}. Data: MovieLens-100K with whole histories "
              f"(`{result['data']}`), {result['protocol']} protocol, test split; seeds "
              f"{result['seeds']}, at most {result['max_epochs']} epochs with early stopping on "
-             "eval; EM3's tuned hyper-parameters for every row; Δ vs `em3`, paired by seed. "
+             "eval; for every row, EM3's recorded hyper-parameters when these runs were made ("
+             + ", ".join(f"{k} {v}" for k, v in sorted(result.get("hyperparameters", {}).items()))
+             + "); Δ vs `em3`, paired by seed. "
              "(No time column: these runs shared the CPU with other jobs; the cost of "
              "retrieval is measured alone under \"Cost\".)",
              "", "| variant | history length | content attention | retrieval | AUC | "
