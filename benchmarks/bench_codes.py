@@ -18,6 +18,8 @@ import json
 import os
 import sys
 
+from benchmarks import RESULTS
+
 LEVELS = 3
 CODEBOOK_SIZES = (16, 64, 256)
 
@@ -26,7 +28,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="artifacts/ml-100k")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default=RESULTS)
     p.add_argument("--epochs", type=int, default=4, help="at most this many epochs of the EM3 "
                    "whose content embeddings the 'em3' source quantizes")
     args = p.parse_args(argv)
@@ -74,11 +76,10 @@ def trained_em3(data, epochs):
     """The `em3` preset with its recorded hyper-parameters, trained on `data` (seed 0)."""
     from em3_tf.config import EM3Config
     from em3_tf.training import train_and_evaluate
+    from benchmarks import recorded_hyperparameters
     from em3_tf.tuning import read_hyperparameters
-    from pipelines.config import PipelineConfig
 
-    tuned = read_hyperparameters(os.path.join(PipelineConfig().hyperparameters_dir, "ml-100k",
-                                              "em3"))
+    tuned = read_hyperparameters(recorded_hyperparameters("em3"))
     config = EM3Config.preset("em3", context_features=data.context_features, **tuned)
     print(f"training EM3 ({data.protocol}, at most {epochs} epochs) for the 'em3' source ...",
           flush=True)

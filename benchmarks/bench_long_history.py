@@ -26,6 +26,7 @@ import os
 import sys
 import time
 
+from benchmarks import RESULTS, recorded_hyperparameters
 from benchmarks.bench_quality import _append_jsonl, _read_jsonl, aggregate, config_key
 
 VARIANTS = (("em3", "em3", {}),
@@ -73,8 +74,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--patience", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--hyperparameters", default="pipelines/hyperparameters/ml-100k/em3")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--hyperparameters", default=recorded_hyperparameters("em3"))
+    p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
 
     import json

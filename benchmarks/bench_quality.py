@@ -44,8 +44,8 @@ PAIRED = ("auc", "gauc", "logloss") + tuple(f"{s}_auc" for s in SLICES)
 
 
 def parse_args(argv=None):
+    from benchmarks import RESULTS, recorded_hyperparameters
     from em3_tf.tuning import SEARCH_SPACE
-    from pipelines.config import PipelineConfig
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="artifacts/ml-100k")
@@ -60,8 +60,8 @@ def parse_args(argv=None):
                    help="tune every preset that has no recorded hyper-parameters yet")
     p.add_argument("--max-trials", type=int, default=6, help="tuning budget per variant")
     p.add_argument("--hyperparameters-dir",
-                   default=os.path.join(PipelineConfig().hyperparameters_dir, "ml-100k"))
-    p.add_argument("--out", default="benchmarks/results")
+                   default=recorded_hyperparameters())
+    p.add_argument("--out", default=RESULTS)
     p.add_argument("--save-embeddings", action="store_true")
     p.add_argument("--sweep", choices=sorted(SEARCH_SPACE), metavar="NAME",
                    help="instead of the table: each preset with its recorded hyper-parameters "

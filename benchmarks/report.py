@@ -14,6 +14,8 @@ import os
 import re
 import sys
 
+from benchmarks import RESULTS
+
 LABELS = {"id_dcn": "ID-only DCN", "id_din": "ID-only DIN",
           "frozen_content": "frozen content (same tokens, live history, CIC)",
           "frozen_content_no_cic": "frozen content, no CIC", "em3": "EM3",
@@ -427,7 +429,7 @@ def replace_block(text, name, body):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--results", default=RESULTS)
     p.add_argument("--readme", default="README.md")
     args = p.parse_args(argv)
     r = args.results

@@ -28,10 +28,8 @@ import shutil
 import sys
 import time
 
-from pipelines.config import PipelineConfig
+from benchmarks import RESULTS, recorded_hyperparameters
 
-RESULTS = "benchmarks/results"
-RECORDED = os.path.join(PipelineConfig().hyperparameters_dir, "ml-100k")  # the table's values
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
@@ -49,7 +47,7 @@ def main(argv=None):
         # or sweeps and adopts (a full run, from a copy of the recorded values) in its own
         hyperparameters = os.path.join(out, "hyperparameters")
         if not args.quick and not os.path.exists(hyperparameters):
-            shutil.copytree(RECORDED, hyperparameters)
+            shutil.copytree(recorded_hyperparameters(), hyperparameters)
         quality += ["--hyperparameters-dir", hyperparameters]
     if args.quick:
         quality += ["--seeds", "0", "--max-trials", "2", "--presets", "id_dcn", "id_din",
