@@ -49,6 +49,24 @@ def test_dot_scores_equal_the_scaled_dot_product_formula():
     assert (clone.scorer_kind, clone.key_dim) == ("dot", 4)
 
 
+def test_keys_of_any_rank_equal_the_matrix_product():
+    """`keys` of a 2-D catalog `[1000, D]` (what PQ codebooks are fitted on) and of 3-D
+    histories equal `h W_k`, run eagerly as `refit_codebooks` runs them. TF 2.16's eager
+    oneDNN `einsum("...d,dk->...k")` got the 2-D case wrong on an AVX-512 AMD EPYC (errors
+    of ~30, on the CI machine too), which this catches."""
+    tf.keras.utils.set_random_seed(3)
+    layer = TargetAttention(scorer="dot", key_dim=32)
+    rng = np.random.default_rng(3)
+    catalog = rng.normal(size=[1000, 32]).astype(np.float32)
+    layer.build(catalog.shape)
+    w_k = layer.key_kernel.numpy()
+    np.testing.assert_allclose(layer.keys(tf.constant(catalog)).numpy(), catalog @ w_k,
+                               atol=1e-4)
+    history = catalog.reshape([8, 125, 32])
+    np.testing.assert_allclose(layer.keys(tf.constant(history)).numpy(), history @ w_k,
+                               atol=1e-4)
+
+
 @pytest.mark.parametrize("scorer", ["mlp", "dot"])
 def test_shared_histories_by_index_equal_the_gathered_ones(scorer):
     """`history_index`: U users' histories for B targets give what the gathered [B, L, D]

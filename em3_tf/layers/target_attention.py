@@ -82,7 +82,11 @@ class TargetAttention(keras.layers.Layer):
     def keys(self, history):
         """`"dot"` scorer: `k(h)` `[..., d_k]` of history entries `[..., D]`."""
         self._need_dot(history)
-        return tf.einsum("...d,dk->...k", history, tf.cast(self.key_kernel, history.dtype))
+        # Not `tf.einsum("...d,dk->...k")`: run eagerly on a 2-D input of about 100 rows or
+        # more, TF 2.16's oneDNN kernel returned wrong values on an AVX-512 AMD EPYC (right
+        # inside a tf.function, and with TF_ENABLE_ONEDNN_OPTS=0); see
+        # `test_keys_of_any_rank_equal_the_matrix_product`.
+        return tf.tensordot(history, tf.cast(self.key_kernel, history.dtype), axes=1)
 
     def _need_dot(self, x):
         if self.scorer_kind != "dot":
