@@ -85,7 +85,7 @@ class TargetAttention(keras.layers.Layer):
         # Not `tf.einsum("...d,dk->...k")`: run eagerly on a 2-D input of about 100 rows or
         # more, TF 2.16's oneDNN kernel returned wrong values on an AVX-512 AMD EPYC (right
         # inside a tf.function, and with TF_ENABLE_ONEDNN_OPTS=0); see
-        # `test_keys_of_any_rank_equal_the_matrix_product`.
+        # `test_keys_of_a_catalog_and_of_histories_equal_the_matrix_product`.
         return tf.tensordot(history, tf.cast(self.key_kernel, history.dtype), axes=1)
 
     def _need_dot(self, x):
