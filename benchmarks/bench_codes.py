@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from benchmarks import RESULTS
+from benchmarks import RESULTS, recorded_hyperparameters
 
 LEVELS = 3
 CODEBOOK_SIZES = (16, 64, 256)
@@ -76,7 +76,6 @@ def trained_em3(data, epochs):
     """The `em3` preset with its recorded hyper-parameters, trained on `data` (seed 0)."""
     from em3_tf.config import EM3Config
     from em3_tf.training import train_and_evaluate
-    from benchmarks import recorded_hyperparameters
     from em3_tf.tuning import read_hyperparameters
 
     tuned = read_hyperparameters(recorded_hyperparameters("em3"))

@@ -49,16 +49,16 @@ def main(argv=None):
         if not args.quick and not os.path.exists(hyperparameters):
             shutil.copytree(recorded_hyperparameters(), hyperparameters)
         quality += ["--hyperparameters-dir", hyperparameters]
-    if args.quick:
+    if args.quick:  # tuned within the table's run, no sweep
         quality += ["--seeds", "0", "--max-trials", "2", "--presets", "id_dcn", "id_din",
-                    "frozen_content", "em3"]
-    if not args.quick:
+                    "frozen_content", "em3", "--tune"]
+    else:
         print("== quality: tuning and the ID-dropout sweep on MovieLens-100K", flush=True)
         bench_quality.main(quality + ["--tune", "--sweep", "id_dropout",
                                       "--sweep-values", "0.3", "0.5", "--adopt"])
     print(f"== quality: variants x seeds x protocols ({time.perf_counter() - start:.0f}s so far)",
           flush=True)
-    bench_quality.main(quality + ["--save-embeddings"] + (["--tune"] if args.quick else []))
+    bench_quality.main(quality + ["--save-embeddings"])
     print(f"== serving ({time.perf_counter() - start:.0f}s so far)", flush=True)
     bench_serving.main(["--out", f"{out}/serving.json"]
                        + (["--requests", "20"] if args.quick else []))
