@@ -36,6 +36,9 @@ from typing import Dict
 DEFAULT_PRESETS = ("id_dcn", "id_din", "frozen_content", "frozen_content_no_cic", "em3",
                    "em3_full_cost", "em3_no_qformer", "em3_no_lora", "em3_no_cic",
                    "em3_no_feedback")
+# The one-knob sweeps `benchmarks.reproduce` runs after tuning, in order, with the values
+# tried besides each preset's recorded one.
+SWEEPS = {"id_dropout": (0.3, 0.5), "modality_dropout": (0.3,)}
 REFERENCE = "em3"
 SLICES = ("cold", "warm", "new_user", "returning_user")
 METRICS = ("auc", "gauc", "logloss") + tuple(f"{s}_{m}" for s in SLICES
@@ -148,9 +151,13 @@ def sweep(args, data):
     Each value (the search space's, or `args.sweep_values`; the preset's recorded value
     always) is one tuning trial (the same training and score as `em3_tf.tuning.tune`'s), every
     other hyper-parameter at its recorded value: `best_eval_auc[preset][value]`. A rerun keeps
-    a preset's trials while `trial_key[preset]` (its config but the knob, epochs, batch size,
-    data) is unchanged. With `args.adopt`, a preset's best value among all its trials is
-    written to its recorded hyper-parameters and to `adopted[preset]`."""
+    a preset's trials while `trial_key[preset]` (`_trial_key`: its config but the knob and the
+    knobs swept after it, epochs, batch size, data) is unchanged, so that a later sweep's
+    adoption does not void an earlier sweep; `later[preset]` holds the values those later
+    knobs had in its trials. A trial that another knob's sweep already ran (the same config,
+    epochs, batch size and data: its recorded value's) is reused, not re-run. With
+    `args.adopt`, a preset's best value among all its trials is written to its recorded
+    hyper-parameters and to `adopted[preset]`."""
     from benchmarks import machine
     from em3_tf._tf import keras
     from em3_tf.config import EM3Config
@@ -160,9 +167,9 @@ def sweep(args, data):
     path = os.path.join(args.out, f"sweep_{name}.json")
     result = {"machine": machine(), "data": args.data, "protocol": "temporal (eval split)",
               "seed": 0, "max_epochs": args.epochs, "name": name, "trial_key": {},
-              "best_eval_auc": {}, "adopted": {}}
+              "later": {}, "best_eval_auc": {}, "adopted": {}}
     previous = _read_json(path)
-    for field in ("trial_key", "best_eval_auc", "adopted"):
+    for field in ("trial_key", "later", "best_eval_auc", "adopted"):
         result[field].update(previous.get(field, {}))
     for preset in args.presets:
         directory = os.path.join(args.hyperparameters_dir, preset)
@@ -172,24 +179,25 @@ def sweep(args, data):
             print(f"sweep {name}: {preset} does not search it, skipped", flush=True)
             continue
         recorded = getattr(base, name)
-        key = "/".join([config_key(base.replace(**{name: type(base)().get_config()[name]})),
-                        str(args.epochs), str(args.batch_size), args.data])
+        key = _trial_key(args, base, name)
         if result["trial_key"].get(preset) != key:
             result["trial_key"][preset], result["best_eval_auc"][preset] = key, {}
+            result["later"][preset] = {k: getattr(base, k) for k in _swept_after(name)}
             result["adopted"].pop(preset, None)
         scores = result["best_eval_auc"][preset]
         for value in sorted(set(args.sweep_values or SEARCH_SPACE[name]) | {recorded}):
             if str(value) in scores:
                 continue
-            begin = time.perf_counter()
-            history = train_trial(base.replace(**{name: value}), data, args.epochs,
-                                  args.batch_size, seed=0)
-            scores[str(value)] = max(history.history[OBJECTIVE])
+            begin, config = time.perf_counter(), base.replace(**{name: value})
+            scores[str(value)], source = _swept_trial(args, preset, config), "reused"
+            if scores[str(value)] is None:
+                history = train_trial(config, data, args.epochs, args.batch_size, seed=0)
+                scores[str(value)] = max(history.history[OBJECTIVE])
+                source = f"{time.perf_counter() - begin:.0f}s"
+                keras.backend.clear_session()
             _write_json(path, result)
             print(f"sweep {name}: {preset} {name}={value} (recorded: {recorded}): best eval "
-                  f"AUC {scores[str(value)]:.4f} ({time.perf_counter() - begin:.0f}s)",
-                  flush=True)
-            keras.backend.clear_session()
+                  f"AUC {scores[str(value)]:.4f} ({source})", flush=True)
         best = float(max(scores, key=scores.get))
         if args.adopt:
             if best != recorded:
@@ -199,6 +207,41 @@ def sweep(args, data):
                 print(f"sweep {name}: {preset} now records {name}={best}", flush=True)
             result["adopted"][preset] = best
     _write_json(path, result)
+
+
+def _swept_after(name):
+    """The knobs that `SWEEPS` sweeps after `name` (none for a knob outside it)."""
+    order = list(SWEEPS)
+    return order[order.index(name) + 1:] if name in order else []
+
+
+def _trial_key(args, config, name):
+    """What a sweep of `name` keeps its trials for: `config` but `name` and the knobs swept
+    after it (at their defaults), with the epochs, batch size and data."""
+    defaults = type(config)().get_config()
+    knobs = [name] + _swept_after(name)
+    return "/".join([config_key(config.replace(**{k: defaults[k] for k in knobs})),
+                     str(args.epochs), str(args.batch_size), args.data])
+
+
+def _swept_trial(args, preset, config):
+    """The best eval AUC of the trial of exactly `config` (same epochs, batch size, data) in
+    another sweep file of `args.out`, e.g. the recorded value's trial that the previous knob's
+    sweep ran; None if no sweep ran it."""
+    for file in sorted(os.listdir(args.out)):
+        if not (file.startswith("sweep_") and file.endswith(".json")):
+            continue
+        other = _read_json(os.path.join(args.out, file))
+        knob = other.get("name")
+        if knob == args.sweep or other.get("trial_key", {}).get(preset) != _trial_key(
+                args, config, knob):
+            continue
+        later = other.get("later", {}).get(preset, {})
+        if all(k in later and later[k] == getattr(config, k) for k in _swept_after(knob)):
+            score = other["best_eval_auc"][preset].get(str(getattr(config, knob)))
+            if score is not None:
+                return score
+    return None
 
 
 def adopted_sweeps(out) -> Dict:

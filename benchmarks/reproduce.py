@@ -5,15 +5,18 @@
 Runs, in order: the MovieLens-100K build (if missing); `bench_quality --tune --sweep
 id_dropout --sweep-values 0.3 0.5 --adopt` (every variant tuned with the same budget where no
 recorded hyper-parameters exist, then its ID dropout tried at its recorded value, 0.3 and 0.5,
-and the best recorded; trials already in `sweep_id_dropout.json` are not re-run);
+and the best recorded; trials already in `sweep_id_dropout.json` are not re-run), then the
+same for modality dropout at its recorded value and 0.3 (the content variants; the sweeps are
+`bench_quality.SWEEPS`);
 `bench_quality` (5 seeds x 2 protocols with the recorded values); `bench_serving`;
 `bench_pipeline`; `bench_model` (throughput and history-branch cost curves); and `report` (PNG
 plots, README blocks). Interrupted runs resume: finished quality runs are kept in
-benchmarks/results/quality_runs.jsonl, sweep trials in benchmarks/results/sweep_id_dropout.json,
+benchmarks/results/quality_runs.jsonl, sweep trials in benchmarks/results/sweep_<knob>.json,
 tuned values in pipelines/hyperparameters/ml-100k/ (with another `--out`, a copy of them in
 `<out>/hyperparameters`, so the recorded ones are never rewritten). From scratch, the tuning
-searches ID dropout over (0, 0.05, 0.15, 0.3, 0.5) before the sweep; the recorded values were
-tuned over (0, 0.05, 0.15) and then swept: the same budget, not the same history. Measured
+searches ID dropout over (0, 0.05, 0.15, 0.3, 0.5) and modality dropout over (0, 0.1, 0.3,
+0.5) before the sweeps; the recorded values were tuned over (0, 0.05, 0.15) and without
+modality dropout, and then swept: the same budget, not the same history. Measured
 by parts on 2 CPU cores: tuning, the sweep and 10 runs take about 10 minutes for an ID-only
 variant, 20 for frozen content and 45 for an EM3 variant, so the 10 default variants take
 about 5 1/2 hours from scratch. The serving, pipeline and cost benchmarks add about 20
@@ -53,9 +56,12 @@ def main(argv=None):
         quality += ["--seeds", "0", "--max-trials", "2", "--presets", "id_dcn", "id_din",
                     "frozen_content", "em3", "--tune"]
     else:
-        print("== quality: tuning and the ID-dropout sweep on MovieLens-100K", flush=True)
-        bench_quality.main(quality + ["--tune", "--sweep", "id_dropout",
-                                      "--sweep-values", "0.3", "0.5", "--adopt"])
+        for index, (name, values) in enumerate(bench_quality.SWEEPS.items()):
+            print(f"== quality: {'tuning and ' if index == 0 else ''}the {name} sweep on "
+                  "MovieLens-100K", flush=True)
+            bench_quality.main(quality + (["--tune"] if index == 0 else [])
+                               + ["--sweep", name, "--sweep-values", *map(str, values),
+                                  "--adopt"])
     print(f"== quality: variants x seeds x protocols ({time.perf_counter() - start:.0f}s so far)",
           flush=True)
     bench_quality.main(quality + ["--save-embeddings"])

@@ -72,7 +72,9 @@ class EM3Config:
       cic_temperature: InfoNCE temperature.
       cic_num_negatives: extra uniformly sampled catalog negatives per batch (0: in-batch only).
       num_queries, num_layers, width, num_heads, attention, ffn_multiplier: Fusion-Q-Former shape.
-      modality_dropout: per-example probability of dropping each modality in training.
+      modality_dropout: per-example probability of dropping each modality in training, in
+        every content encoder (the Q-Former masks its tokens, the pooled encoders zero its
+        pooled vector).
       token_dim, max_tokens: a frozen reduction of the catalog's token features before the
         content encoder (`TokenReduction`): PCA of each token to `token_dim` dims, and each
         modality's tokens mean-pooled into at most `max_tokens` segments; 0 keeps them.
@@ -301,18 +303,19 @@ _LEAN = dict(token_dim=64, max_tokens=8, lora_scope="output")
 # and `em3_pq` were measured before it and keep their recorded settings.
 _EM3 = dict(_LEAN, share_fusion=True)
 
+# The pooled encoders read `modality_dropout` since 2026-12-08; their presets keep the 0.0 that
+# their earlier runs had, and a tuned or swept value overrides it as for any variant.
+_POOLED = dict(_LEAN, history_content="full", lora_scope="all", modality_dropout=0.0)
+
 PRESETS: Dict[str, Dict[str, Any]] = {
     "em3": dict(_EM3),
     "em3_full_cost": {},
     "id_dcn": dict(content_encoder="none", history_content="none", cic_weight=0.0,
                    use_id_sequence=False),
     "id_din": dict(content_encoder="none", history_content="none", cic_weight=0.0),
-    "frozen_content": dict(_LEAN, content_encoder="frozen", history_content="full",
-                           lora_scope="all"),
-    "frozen_content_no_cic": dict(_LEAN, content_encoder="frozen", history_content="full",
-                                  lora_scope="all", cic_weight=0.0),
-    "em3_no_qformer": dict(_LEAN, content_encoder="concat_mlp", history_content="full",
-                           lora_scope="all"),
+    "frozen_content": dict(_POOLED, content_encoder="frozen"),
+    "frozen_content_no_cic": dict(_POOLED, content_encoder="frozen", cic_weight=0.0),
+    "em3_no_qformer": dict(_POOLED, content_encoder="concat_mlp"),
     "em3_no_lora": dict(_LEAN, history_content="full", lora_scope="all"),
     "em3_no_cic": dict(_EM3, cic_weight=0.0),
     "em3_no_feedback": dict(_EM3, use_feedback=False),

@@ -1,8 +1,8 @@
 """Hyper-parameter search with KerasTuner: one search space and one tuner for every variant.
 
 The search space (`SEARCH_SPACE`) covers the training protocol's main knobs; a variant only
-searches the knobs it has (no `cic_weight` without CIC, no `content_lr_scale` without a
-content encoder). Every variant gets the same budget: `max_trials` random trials, each
+searches the knobs it has (no `cic_weight` without CIC, no `content_lr_scale` or
+`modality_dropout` without a content encoder). Every variant gets the same budget: `max_trials` random trials, each
 trained for at most `epochs` epochs with early stopping, scored by its best eval AUC. The
 test split is never used.
 
@@ -27,6 +27,7 @@ SEARCH_SPACE: Dict[str, tuple] = {
     "id_dropout": (0.0, 0.05, 0.15, 0.3, 0.5),
     "cic_weight": (0.03, 0.1, 0.3),
     "content_lr_scale": (0.1, 0.3, 1.0),
+    "modality_dropout": (0.0, 0.1, 0.3, 0.5),
 }
 
 
@@ -34,7 +35,8 @@ def searched(config: EM3Config) -> Dict[str, tuple]:
     """The part of `SEARCH_SPACE` that `config`'s variant has."""
     return {name: values for name, values in SEARCH_SPACE.items()
             if not (name == "cic_weight" and config.cic_weight == 0)
-            and not (name == "content_lr_scale" and not config.uses_content)}
+            and not (name in ("content_lr_scale", "modality_dropout")
+                     and not config.uses_content)}
 
 
 def hyperparameters(config: EM3Config) -> keras_tuner.HyperParameters:

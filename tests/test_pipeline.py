@@ -148,7 +148,7 @@ def test_tuner_feeds_its_best_hyperparameters_to_the_trainer(pushed_pipeline, wo
     assert set(best) == set(SEARCH_SPACE)
     trained = load_config(os.path.join(summary["artifacts"]["EM3Trainer/model"],
                                        "Format-Serving"))
-    for name in ("dropout", "id_dropout", "cic_weight", "content_lr_scale"):
+    for name in ("dropout", "id_dropout", "cic_weight", "content_lr_scale", "modality_dropout"):
         assert getattr(trained, name) == best[name], name
     assert trained.learning_rate == 0.003  # --em3-config overrides the tuned value
 

@@ -30,6 +30,9 @@ class ItemContentEncoder(keras.layers.Layer):
       qformer_kwargs: `FusionQFormer` arguments other than `modality_dims` / `output_dim`.
       token_dim, max_tokens: `TokenReduction`'s PCA size per token and segments per
         modality (0: keep).
+      modality_dropout: per-example, per-modality drop probability in training, the same for
+        every kind: the Q-Former masks the dropped modality's tokens; the pooled encoders
+        zero its pooled vector, as for an item that lacks the modality.
 
     Call arguments:
       rows: int `[n]` catalog rows (from `rows_of`).
@@ -48,11 +51,14 @@ class ItemContentEncoder(keras.layers.Layer):
     """
 
     def __init__(self, catalog: ItemCatalog, kind="qformer", output_dim=32, qformer_kwargs=None,
-                 token_dim=0, max_tokens=0, **kwargs):
+                 token_dim=0, max_tokens=0, modality_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         if kind not in ("qformer", "concat_mlp", "frozen"):
             raise ValueError(f"`kind` must be 'qformer', 'concat_mlp' or 'frozen', got {kind!r}.")
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"`modality_dropout` must be in [0, 1), got {modality_dropout!r}.")
         self.kind = kind
+        self.modality_dropout = float(modality_dropout)
         self.output_dim = int(output_dim)
         self.num_rows = len(catalog) + 1
         self.catalog_item_ids = F.keys_of(catalog.item_ids)  # row k + 1 <-> id k, as keys
@@ -79,6 +85,7 @@ class ItemContentEncoder(keras.layers.Layer):
                 self.masks[name] = tf.Variable(_with_empty_row(masks[name]), trainable=False,
                                                name=f"mask_{name}")
             self.qformer = FusionQFormer(self.modality_dims, output_dim=output_dim,
+                                         modality_dropout=modality_dropout,
                                          name="fusion_qformer", **(qformer_kwargs or {}))
         else:
             pooled = tf.concat([masked_mean(tokens[n], masks[n], axis=1) for n in tokens], 1)
@@ -102,6 +109,10 @@ class ItemContentEncoder(keras.layers.Layer):
         if self.kind == "qformer":
             return self.qformer(*self._gathered(rows), training=training, adapter=adapter)[1]
         pooled = tf.gather(self.pooled, rows)
+        if training and self.modality_dropout > 0:
+            sizes = list(self.modality_dims.values())
+            keep = tf.random.uniform([tf.shape(rows)[0], len(sizes)]) >= self.modality_dropout
+            pooled *= tf.repeat(tf.cast(keep, pooled.dtype), sizes, axis=1)
         return self.mlp(pooled)
 
     @property

@@ -130,9 +130,10 @@ class EM3Ranker(tfrs.Model):
                     num_queries=config.num_queries, num_layers=config.num_layers,
                     width=config.width, num_heads=config.num_heads, attention=config.attention,
                     ffn_multiplier=config.ffn_multiplier,
-                    modality_dropout=config.modality_dropout, lora_rank=config.lora_rank,
-                    lora_alpha=config.lora_alpha, lora_scope=config.lora_scope),
-                token_dim=config.token_dim, max_tokens=config.max_tokens, name="item_content")
+                    lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                    lora_scope=config.lora_scope),
+                token_dim=config.token_dim, max_tokens=config.max_tokens,
+                modality_dropout=config.modality_dropout, name="item_content")
             if config.history_content != "none":
                 self.content_attention = TargetAttention(scorer=config.content_attention,
                                                          name="content_interest_attention")
