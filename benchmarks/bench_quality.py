@@ -38,7 +38,7 @@ DEFAULT_PRESETS = ("id_dcn", "id_din", "frozen_content", "frozen_content_no_cic"
                    "em3_no_feedback")
 # The one-knob sweeps `benchmarks.reproduce` runs after tuning, in order, with the values
 # tried besides each preset's recorded one.
-SWEEPS = {"id_dropout": (0.3, 0.5), "modality_dropout": (0.3,)}
+SWEEPS = {"id_dropout": (0.3, 0.5), "modality_dropout": (0.3, 0.5)}
 REFERENCE = "em3"
 SLICES = ("cold", "warm", "new_user", "returning_user")
 METRICS = ("auc", "gauc", "logloss") + tuple(f"{s}_{m}" for s in SLICES
@@ -109,7 +109,10 @@ def _append_jsonl(path, row):
 
 def config_key(config) -> str:
     """A short hash of the config's non-default fields, so a field added later with a default
-    that keeps the old behaviour leaves recorded runs valid."""
+    that keeps the old behaviour leaves recorded runs valid. A field whose default changes
+    what a variant does (e.g. `modality_dropout`, unread by the pooled encoders until
+    2026-12-08) needs the variant's preset to state its old value, and its recorded runs
+    re-keyed, as done for the pooled presets."""
     defaults = type(config)().get_config()
     changed = {k: v for k, v in config.get_config().items() if defaults[k] != v}
     return hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:12]
@@ -154,7 +157,9 @@ def sweep(args, data):
     a preset's trials while `trial_key[preset]` (`_trial_key`: its config but the knob and the
     knobs swept after it, epochs, batch size, data) is unchanged, so that a later sweep's
     adoption does not void an earlier sweep; `later[preset]` holds the values those later
-    knobs had in its trials. A trial that another knob's sweep already ran (the same config,
+    knobs had in its trials, and new trials of a kept sweep run with those values, so that
+    all of a sweep's trials differ in the knob only. A trial that another knob's sweep already
+    ran (the same config,
     epochs, batch size and data: its recorded value's) is reused, not re-run. With
     `args.adopt`, a preset's best value among all its trials is written to its recorded
     hyper-parameters and to `adopted[preset]`."""
@@ -179,25 +184,30 @@ def sweep(args, data):
             print(f"sweep {name}: {preset} does not search it, skipped", flush=True)
             continue
         recorded = getattr(base, name)
-        key = _trial_key(args, base, name)
-        if result["trial_key"].get(preset) != key:
+        key, later = _trial_key(args, base, name), {k: getattr(base, k)
+                                                    for k in _swept_after(name)}
+        if result["trial_key"].get(preset) != key or (later and preset not in result["later"]):
             result["trial_key"][preset], result["best_eval_auc"][preset] = key, {}
-            result["later"][preset] = {k: getattr(base, k) for k in _swept_after(name)}
+            result["later"][preset] = later
             result["adopted"].pop(preset, None)
+        result["later"].setdefault(preset, later)  # {}: no knob is swept after this one
+        # a kept sweep's new trials run as its old ones did: the later knobs as they were then
+        trial_base = base.replace(**result["later"][preset])
         scores = result["best_eval_auc"][preset]
         for value in sorted(set(args.sweep_values or SEARCH_SPACE[name]) | {recorded}):
             if str(value) in scores:
                 continue
-            begin, config = time.perf_counter(), base.replace(**{name: value})
-            scores[str(value)], source = _swept_trial(args, preset, config), "reused"
-            if scores[str(value)] is None:
+            begin, config = time.perf_counter(), trial_base.replace(**{name: value})
+            score, source = _swept_trial(args, preset, config), "reused"
+            if score is None:
                 history = train_trial(config, data, args.epochs, args.batch_size, seed=0)
-                scores[str(value)] = max(history.history[OBJECTIVE])
+                score = max(history.history[OBJECTIVE])
                 source = f"{time.perf_counter() - begin:.0f}s"
                 keras.backend.clear_session()
+            scores[str(value)] = score
             _write_json(path, result)
             print(f"sweep {name}: {preset} {name}={value} (recorded: {recorded}): best eval "
-                  f"AUC {scores[str(value)]:.4f} ({source})", flush=True)
+                  f"AUC {score:.4f} ({source})", flush=True)
         best = float(max(scores, key=scores.get))
         if args.adopt:
             if best != recorded:
@@ -232,9 +242,8 @@ def _swept_trial(args, preset, config):
         if not (file.startswith("sweep_") and file.endswith(".json")):
             continue
         other = _read_json(os.path.join(args.out, file))
-        knob = other.get("name")
-        if knob == args.sweep or other.get("trial_key", {}).get(preset) != _trial_key(
-                args, config, knob):
+        knob, keys = other.get("name"), other.get("trial_key", {})
+        if knob in (None, args.sweep) or keys.get(preset) != _trial_key(args, config, knob):
             continue
         later = other.get("later", {}).get(preset, {})
         if all(k in later and later[k] == getattr(config, k) for k in _swept_after(knob)):

@@ -6,8 +6,8 @@ Runs, in order: the MovieLens-100K build (if missing); `bench_quality --tune --s
 id_dropout --sweep-values 0.3 0.5 --adopt` (every variant tuned with the same budget where no
 recorded hyper-parameters exist, then its ID dropout tried at its recorded value, 0.3 and 0.5,
 and the best recorded; trials already in `sweep_id_dropout.json` are not re-run), then the
-same for modality dropout at its recorded value and 0.3 (the content variants; the sweeps are
-`bench_quality.SWEEPS`);
+same for modality dropout at its recorded value, 0.3 and 0.5 (the content variants; the
+sweeps are `bench_quality.SWEEPS`);
 `bench_quality` (5 seeds x 2 protocols with the recorded values); `bench_serving`;
 `bench_pipeline`; `bench_model` (throughput and history-branch cost curves); and `report` (PNG
 plots, README blocks). Interrupted runs resume: finished quality runs are kept in
@@ -17,9 +17,9 @@ tuned values in pipelines/hyperparameters/ml-100k/ (with another `--out`, a copy
 searches ID dropout over (0, 0.05, 0.15, 0.3, 0.5) and modality dropout over (0, 0.1, 0.3,
 0.5) before the sweeps; the recorded values were tuned over (0, 0.05, 0.15) and without
 modality dropout, and then swept: the same budget, not the same history. Measured
-by parts on 2 CPU cores: tuning, the sweep and 10 runs take about 10 minutes for an ID-only
-variant, 20 for frozen content and 45 for an EM3 variant, so the 10 default variants take
-about 5 1/2 hours from scratch. The serving, pipeline and cost benchmarks add about 20
+by parts on 2 CPU cores: tuning, the sweeps and 10 runs take about 10 minutes for an ID-only
+variant, 25 for frozen content and 50 for an EM3 variant, so the 10 default variants take
+about 6 hours from scratch. The serving, pipeline and cost benchmarks add about 20
 minutes. `--quick` runs one seed, four variants and two tuning trials, without the sweep, into
 `--out` (default benchmarks/results-quick): a smoke run whose numbers are not the recorded
 ones.
@@ -56,12 +56,13 @@ def main(argv=None):
         quality += ["--seeds", "0", "--max-trials", "2", "--presets", "id_dcn", "id_din",
                     "frozen_content", "em3", "--tune"]
     else:
-        for index, (name, values) in enumerate(bench_quality.SWEEPS.items()):
-            print(f"== quality: {'tuning and ' if index == 0 else ''}the {name} sweep on "
+        tune = ["--tune"]  # before the first sweep
+        for name, values in bench_quality.SWEEPS.items():
+            print(f"== quality: {'tuning and ' * bool(tune)}the {name} sweep on "
                   "MovieLens-100K", flush=True)
-            bench_quality.main(quality + (["--tune"] if index == 0 else [])
-                               + ["--sweep", name, "--sweep-values", *map(str, values),
-                                  "--adopt"])
+            bench_quality.main(quality + tune + ["--sweep", name, "--sweep-values",
+                                                 *map(str, values), "--adopt"])
+            tune = []
     print(f"== quality: variants x seeds x protocols ({time.perf_counter() - start:.0f}s so far)",
           flush=True)
     bench_quality.main(quality + ["--save-embeddings"])

@@ -2,9 +2,9 @@
 
 The search space (`SEARCH_SPACE`) covers the training protocol's main knobs; a variant only
 searches the knobs it has (no `cic_weight` without CIC, no `content_lr_scale` or
-`modality_dropout` without a content encoder). Every variant gets the same budget: `max_trials` random trials, each
-trained for at most `epochs` epochs with early stopping, scored by its best eval AUC. The
-test split is never used.
+`modality_dropout` without a content encoder). Every variant gets the same budget:
+`max_trials` random trials, each trained for at most `epochs` epochs with early stopping,
+scored by its best eval AUC. The test split is never used.
 
 `EM3RandomSearch` is a `keras_tuner.RandomSearch` whose `run_trial` trains through a function given
 to it, so the same tuner serves TFX's `Tuner` component (`em3_tf.tfx.tuner.tuner_fn`, data

@@ -21,14 +21,15 @@ def _catalog(n=400, seed=0):
     return ItemCatalog(np.arange(1000, 1000 + n), tokens, masks, {})
 
 
-@pytest.mark.parametrize("kind", ["frozen", "concat_mlp"])
-def test_pooled_encoders_drop_whole_modalities_per_example_in_training_only(kind):
+@pytest.mark.parametrize("kind,token_dim", [("frozen", 0), ("concat_mlp", 0), ("frozen", 3)])
+def test_pooled_encoders_drop_whole_modalities_per_example_in_training_only(kind, token_dim):
     """Each training output is the MLP of the item's pooled vector with some modalities'
-    parts zeroed (one draw per example and modality, rate 0.5 within 0.1 over 400 items);
-    inference drops nothing."""
+    parts zeroed (one draw per example and modality: each dropped at rate 0.5, and the two
+    differing in half the items, within 0.1 over 400 items); inference drops nothing."""
     catalog = _catalog()
     tf.keras.utils.set_random_seed(0)
-    encoder = ItemContentEncoder(catalog, kind=kind, output_dim=6, modality_dropout=0.5)
+    encoder = ItemContentEncoder(catalog, kind=kind, output_dim=6, modality_dropout=0.5,
+                                 token_dim=token_dim)
     rows = encoder.rows_of(tf.constant(catalog.item_ids))
     pooled = tf.gather(encoder.pooled, rows)
     np.testing.assert_allclose(encoder(rows, training=False).numpy(),
@@ -42,9 +43,14 @@ def test_pooled_encoders_drop_whole_modalities_per_example_in_training_only(kind
     assert error.min(axis=0).max() < 1e-5, "an output is no pattern of kept modalities"
     kept = np.array(patterns)[error.argmin(axis=0)]  # [n, modalities]
     np.testing.assert_allclose(kept.mean(axis=0), [0.5, 0.5], atol=0.1)
+    assert abs((kept[:, 0] != kept[:, 1]).mean() - 0.5) < 0.1
 
 
 def test_modality_dropout_is_validated_and_reaches_every_encoder(small_data):
+    """The pooled presets keep the 0.0 their recorded runs had; an override reaches every
+    encoder kind."""
+    for preset in ("frozen_content", "frozen_content_no_cic", "em3_no_qformer"):
+        assert EM3Config.preset(preset).modality_dropout == 0.0, preset
     with pytest.raises(ValueError, match="`modality_dropout` must be in \\[0, 1\\), got 1.0"):
         ItemContentEncoder(_catalog(n=4), kind="frozen", modality_dropout=1.0)
     for preset, kind in (("frozen_content", "frozen"), ("em3_no_qformer", "concat_mlp"),

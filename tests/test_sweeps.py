@@ -42,3 +42,42 @@ def test_only_the_exact_same_trial_is_reused_across_sweeps(tmp_path):
     assert bench_quality._swept_trial(args, "frozen_content", base) is None
     args.epochs += 1
     assert bench_quality._swept_trial(args, "em3", base) is None
+
+
+def test_a_kept_sweeps_new_trials_run_as_its_old_ones_did(tmp_path, monkeypatch):
+    """Trials are stubbed (score: 0.7 + id_dropout / 10). After modality dropout is adopted,
+    a new ID-dropout value runs with the modality dropout of the sweep's earlier trials, and
+    those are not re-run; a change outside the sweeps starts the sweep afresh."""
+    from types import SimpleNamespace
+
+    from em3_tf import tuning
+    calls = []
+
+    def fake_trial(config, data, epochs, batch_size, seed=0, verbose=0):
+        calls.append((config.id_dropout, config.modality_dropout))
+        return SimpleNamespace(history={"val_auc": [0.7 + config.id_dropout / 10]})
+
+    monkeypatch.setattr(tuning, "train_trial", fake_trial)
+    recorded = tmp_path / "hp"
+
+    def record(**values):
+        hp = tuning.hyperparameters(EM3Config.preset("em3"))
+        hp.values.update(values)
+        tuning.write_hyperparameters(hp, str(recorded / "em3"))
+
+    def sweep(*values):
+        bench_quality.sweep(bench_quality.parse_args(
+            ["--out", str(tmp_path), "--hyperparameters-dir", str(recorded), "--presets", "em3",
+             "--sweep", "id_dropout", "--sweep-values", *values, "--adopt"]),
+            SimpleNamespace(context_features=()))
+
+    record(id_dropout=0.3, modality_dropout=0.1)
+    sweep("0.5")
+    assert calls == [(0.3, 0.1), (0.5, 0.1)]
+    assert tuning.read_hyperparameters(str(recorded / "em3"))["id_dropout"] == 0.5  # adopted
+    record(id_dropout=0.5, modality_dropout=0.3)  # as a later modality sweep would
+    sweep("0.5", "0.15")
+    assert calls[2:] == [(0.15, 0.1)]
+    record(id_dropout=0.5, modality_dropout=0.3, learning_rate=3e-3)
+    sweep("0.5")
+    assert calls[3:] == [(0.5, 0.3)]
