@@ -159,10 +159,9 @@ def sweep(args, data):
     adoption does not void an earlier sweep; `later[preset]` holds the values those later
     knobs had in its trials, and new trials of a kept sweep run with those values, so that
     all of a sweep's trials differ in the knob only. A trial that another knob's sweep already
-    ran (the same config,
-    epochs, batch size and data: its recorded value's) is reused, not re-run. With
-    `args.adopt`, a preset's best value among all its trials is written to its recorded
-    hyper-parameters and to `adopted[preset]`."""
+    ran (the same config, epochs, batch size and data: its recorded value's) is reused, not
+    re-run. With `args.adopt`, a preset's best value among all its trials is written to its
+    recorded hyper-parameters and to `adopted[preset]`."""
     from benchmarks import machine
     from em3_tf._tf import keras
     from em3_tf.config import EM3Config
